@@ -1,0 +1,77 @@
+"""agentfly_min: typed LLM agents over swappable inference transports."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .configs import AsyncVerlConfig, AsyncVLLMConfig, BackendConfig, ClientConfig, Secret, decode_config, encode_config
+from .errors import (
+    AgentflyError,
+    ConfigError,
+    GenerationTimeoutError,
+    MalformedResponseError,
+    PermanentError,
+    RetriesExhaustedError,
+    TransientError,
+    TransportError,
+)
+from .middleware import compose, concurrency_limit, rate_limit, retry, timeout
+from .records import (
+    Completion,
+    FunctionCall,
+    FunctionSchema,
+    Generate,
+    Message,
+    Middleware,
+    NamedToolChoice,
+    Output,
+    Request,
+    ToolCall,
+    ToolSchema,
+    Usage,
+)
+from .transports import open_backend
+
+try:
+    __version__ = version("agentfly-min")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "__version__",
+    # records
+    "Message",
+    "ToolCall",
+    "FunctionCall",
+    "ToolSchema",
+    "FunctionSchema",
+    "NamedToolChoice",
+    "Request",
+    "Output",
+    "Usage",
+    "Completion",
+    "Generate",
+    "Middleware",
+    # configs
+    "AsyncVLLMConfig",
+    "AsyncVerlConfig",
+    "ClientConfig",
+    "BackendConfig",
+    "Secret",
+    "decode_config",
+    "encode_config",
+    # transports and middleware
+    "open_backend",
+    "compose",
+    "rate_limit",
+    "retry",
+    "timeout",
+    "concurrency_limit",
+    # errors
+    "AgentflyError",
+    "ConfigError",
+    "TransportError",
+    "TransientError",
+    "PermanentError",
+    "MalformedResponseError",
+    "GenerationTimeoutError",
+    "RetriesExhaustedError",
+]

@@ -1,0 +1,48 @@
+"""Check a struct's field values against their annotations when it is built.
+
+msgspec only validates while decoding; a struct built in Python code is taken
+as given. Calling :func:`check_fields` from ``__post_init__`` applies the same
+``Annotated[..., Meta(...)]`` constraints to both paths, so the constraint is
+written once (and also feeds JSON Schema).
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+
+import msgspec
+
+from .errors import ConfigError
+
+__all__ = ["check_fields", "require_positive"]
+
+
+@functools.cache
+def _hints(cls: type[msgspec.Struct]) -> tuple[tuple[str, object], ...]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return tuple((name, hints[name]) for name in cls.__struct_fields__)
+
+
+def check_fields(obj: msgspec.Struct) -> None:
+    """Raise :class:`ConfigError` naming the first field whose value does not
+    satisfy its annotation. Nested structs are not re-checked: they checked
+    themselves when they were built."""
+    cls = type(obj)
+    for name, hint in _hints(cls):
+        try:
+            msgspec.convert(getattr(obj, name), hint, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{cls.__name__}.{name}", _explain(exc)) from None
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `float` <= 1.0 - at `$[0]`"; the path is relative
+    # to the converted value, which is the field itself, so "$" adds nothing.
+    return str(exc).replace(" - at `$`", "")
+
+
+def require_positive(field: str, value: float) -> None:
+    """Refuse a zero, negative or NaN limit when a middleware is built."""
+    if isinstance(value, bool) or not value > 0:
+        raise ConfigError(field, f"must be > 0, got {value!r}")

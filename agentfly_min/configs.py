@@ -1,0 +1,184 @@
+"""The three backend configs, validated when they are built.
+
+Each is a frozen msgspec struct. Building one with an out-of-range value, or
+decoding one (:func:`decode_config`) with an unknown or mistyped field, raises
+:class:`~agentfly_min.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeAlias, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from ._validation import check_fields
+from .errors import ConfigError
+
+__all__ = [
+    "Secret",
+    "EngineArg",
+    "AsyncVLLMConfig",
+    "AsyncVerlConfig",
+    "ClientConfig",
+    "BackendConfig",
+    "decode_config",
+    "encode_config",
+]
+
+_MASK = "**********"
+
+
+class Secret(str):
+    """A string that does not show itself.
+
+    ``repr``, ``str`` and formatting print a mask, and msgspec refuses to
+    encode it unless told how (:func:`encode_config` masks it), so an API key
+    kept in a config stays out of reprs, logs, error messages and files.
+    :meth:`reveal` returns the plain string for the one place that needs it.
+    """
+
+    __slots__ = ()
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"'{_MASK}'"
+
+    def __str__(self) -> str:
+        return _MASK
+
+    def __format__(self, format_spec: str) -> str:
+        return _MASK
+
+
+_Parallel = Annotated[int, Meta(ge=1)]
+_Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+_TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
+_PositiveInt = Annotated[int, Meta(ge=1)]
+_PositiveFloat = Annotated[float, Meta(gt=0.0)]
+
+EngineArg: TypeAlias = (
+    str | int | float | bool | None | list[str | int | float] | dict[str, str | int | float | bool | None]
+)
+"""A value passed through to ``vllm.AsyncEngineArgs`` unchanged."""
+
+
+class AsyncVLLMConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An in-process vLLM async engine.
+
+    The named fields are the engine arguments people set most; any other
+    ``AsyncEngineArgs`` field goes in ``engine_args`` and is checked against
+    vLLM's own list when the engine is built (a misspelt name is an error,
+    never silently dropped). A key may not repeat a named field.
+    """
+
+    pipeline_parallel_size: _Parallel = 1
+    tensor_parallel_size: _Parallel = 1
+    data_parallel_size: _Parallel = 1
+    gpu_memory_utilization: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.9
+    max_model_len: Annotated[int, Meta(ge=16)] | None = None
+    max_num_seqs: _PositiveInt | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    enforce_eager: bool = False
+    seed: int = 0
+    kv_cache_memory_bytes: _PositiveInt | None = None
+    enable_prefix_caching: bool | None = None
+    trust_remote_code: bool = False
+    engine_args: dict[str, EngineArg] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        clash = sorted(set(self.engine_args) & set(self.__struct_fields__))
+        if clash:
+            raise ConfigError(
+                "AsyncVLLMConfig.engine_args",
+                f"{', '.join(clash)} {'is a named field' if len(clash) == 1 else 'are named fields'}"
+                "; set it directly, not through engine_args",
+            )
+
+
+class AsyncVerlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Rollouts through verl's rollout servers (``LLMServerClient``).
+
+    The sampling fields are the defaults for requests that leave them unset.
+    ``on_abort`` says what to do when verl aborts a request (it does while it
+    loads new weights): ``"resume"`` sends the prompt plus the tokens sampled
+    so far and continues, ``"retry"`` discards them and starts again,
+    ``"error"`` raises :class:`~agentfly_min.errors.TransientError`. At most
+    ``max_aborts`` aborts are absorbed per request.
+    """
+
+    temperature: _Temperature = 1.0
+    top_p: _TopP = 1.0
+    top_k: Annotated[int, Meta(ge=-1)] = -1
+    max_new_tokens: _PositiveInt = 512
+    logprobs: bool = True
+    on_abort: Literal["resume", "retry", "error"] = "resume"
+    max_aborts: Annotated[int, Meta(ge=0)] = 16
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An OpenAI-compatible chat-completions endpoint.
+
+    ``api_key`` defaults to ``$OPENAI_API_KEY`` (read when the client is
+    opened) and is kept as a :class:`Secret`. ``model`` defaults to the first
+    model the server lists. ``timeout`` is per attempt, in seconds;
+    ``max_retries`` counts retries after the first attempt. Rate limits are
+    held over every window (GCRA): ``rate_limit_burst`` requests may go back
+    to back, after which they are spaced ``60 / max_requests_per_minute``
+    seconds apart. ``max_retry_after`` caps how long a server's
+    ``Retry-After`` is obeyed; a longer one ends the retries.
+    """
+
+    base_url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+\S*$")] = "http://localhost:8000/v1"
+    api_key: str | None = None
+    model: str | None = None
+    max_requests_per_minute: _PositiveFloat | None = None
+    max_tokens_per_minute: _PositiveFloat | None = None
+    rate_limit_burst: _PositiveInt = 1
+    timeout: _PositiveFloat = 300.0
+    temperature: _Temperature = 1.0
+    top_p: _TopP = 1.0
+    max_new_tokens: _PositiveInt = 1024
+    max_retries: Annotated[int, Meta(ge=0)] = 5
+    max_retry_after: _PositiveFloat = 60.0
+    max_concurrency: _PositiveInt | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.api_key is not None and not isinstance(self.api_key, Secret):
+            msgspec.structs.force_setattr(self, "api_key", Secret(self.api_key))
+
+
+BackendConfig: TypeAlias = AsyncVLLMConfig | AsyncVerlConfig | ClientConfig
+
+_C = TypeVar("_C", AsyncVLLMConfig, AsyncVerlConfig, ClientConfig)
+
+
+def decode_config(data: bytes | str, type: type[_C], *, format: Literal["toml", "json"] = "toml") -> _C:
+    """Decode a config from TOML or JSON; unknown fields, wrong types and
+    out-of-range values raise :class:`ConfigError`."""
+    try:
+        if format == "toml":
+            return msgspec.toml.decode(data, type=type)
+        return msgspec.json.decode(data, type=type)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(type.__name__, str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(type.__name__, f"not valid {format.upper()}: {exc}") from None
+
+
+def _mask_secret(obj: object) -> object:
+    if isinstance(obj, Secret):
+        return _MASK
+    raise NotImplementedError(f"cannot encode {obj.__class__.__name__}")
+
+
+def encode_config(config: BackendConfig) -> bytes:
+    """JSON for logs and result files, with every secret masked."""
+    return msgspec.json.encode(config, enc_hook=_mask_secret)

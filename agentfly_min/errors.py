@@ -1,0 +1,96 @@
+"""The typed errors agentfly_min raises.
+
+Everything we raise derives from :class:`AgentflyError`. Generation failures
+derive from :class:`TransportError` and are split by what a caller should do
+about them: :class:`TransientError` may succeed when tried again (the retry
+middleware only ever retries these), :class:`PermanentError` will not.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentflyError",
+    "ConfigError",
+    "TransportError",
+    "TransientError",
+    "PermanentError",
+    "MalformedResponseError",
+    "GenerationTimeoutError",
+    "RetriesExhaustedError",
+]
+
+
+class AgentflyError(Exception):
+    """Base class of every error agentfly_min raises on purpose."""
+
+
+class ConfigError(AgentflyError, ValueError):
+    """A config or record was built with a value outside its allowed range.
+
+    ``field`` names the offending field (``"ClientConfig.timeout"``).
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class TransportError(AgentflyError):
+    """A generation request failed.
+
+    ``status`` is the HTTP status when the transport speaks HTTP, else None.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientError(TransportError):
+    """A failure that may go away when retried: 408, 409, 429, 5xx, timeouts,
+    dropped connections, an engine aborting a request while weights update.
+
+    ``retry_after`` is the server's requested delay in seconds, if it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentError(TransportError):
+    """A failure that retrying will not fix: 400, 401, 403, 404, 422, a prompt
+    longer than the model's context, an unknown model."""
+
+
+class MalformedResponseError(TransportError):
+    """The server answered, but not with a chat completion we can read."""
+
+
+class GenerationTimeoutError(TransientError, TimeoutError):
+    """The timeout middleware gave up on a request (``seconds`` is its limit)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"generation did not finish within {seconds:g} s")
+        self.seconds = seconds
+
+
+class RetriesExhaustedError(TransportError):
+    """The retry middleware gave up; ``last_error`` is the final failure and
+    ``attempts`` how many were made. The message says why it stopped."""
+
+    def __init__(self, reason: str, *, attempts: int, last_error: TransportError) -> None:
+        super().__init__(
+            f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}: {reason}; "
+            f"last error: {last_error}",
+            status=last_error.status,
+        )
+        self.attempts = attempts
+        self.last_error = last_error

@@ -1,0 +1,19 @@
+"""Middleware: functions from ``Generate`` to ``Generate``."""
+
+from .compose import compose
+from .concurrency import concurrency_limit
+from .rate_limit import estimate_tokens, rate_limit
+from .retry import backoff_delay, is_transient, retry, server_retry_after
+from .timeout import timeout
+
+__all__ = [
+    "compose",
+    "concurrency_limit",
+    "rate_limit",
+    "estimate_tokens",
+    "retry",
+    "is_transient",
+    "server_retry_after",
+    "backoff_delay",
+    "timeout",
+]

@@ -1,0 +1,36 @@
+"""A bound on calls in flight."""
+
+from __future__ import annotations
+
+import anyio
+
+from .._validation import require_positive
+from ..records import Completion, Generate, Middleware, Request
+
+__all__ = ["concurrency_limit"]
+
+
+def concurrency_limit(limit: int | None = None, *, semaphore: anyio.Semaphore | None = None) -> Middleware:
+    """Let at most ``limit`` calls through at once; the rest wait in FIFO order.
+
+    The semaphore is made once, here, and shared by everything this
+    middleware wraps; pass ``semaphore`` to share one bound across stacks.
+    (An ``anyio.Semaphore``, not a ``CapacityLimiter``: one task may hold
+    several slots, as an agent with concurrent tool calls does.)
+    """
+    if (limit is None) == (semaphore is None):
+        raise TypeError("concurrency_limit takes exactly one of limit or semaphore")
+    if semaphore is None:
+        assert limit is not None
+        require_positive("concurrency_limit.limit", limit)
+        semaphore = anyio.Semaphore(limit)
+    sem = semaphore
+
+    def layer(inner: Generate) -> Generate:
+        async def generate(request: Request) -> Completion:
+            async with sem:
+                return await inner(request)
+
+        return generate
+
+    return layer

@@ -1,0 +1,180 @@
+"""The records every transport, middleware and agent speaks.
+
+Messages, tool calls and tool schemas use the OpenAI chat wire shape, so
+``msgspec.json.decode(body, type=Message)`` reads what an OpenAI-compatible
+server sends and :func:`msgspec.json.encode` writes what it expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, TypeAlias
+
+import msgspec
+from msgspec import Meta
+
+from ._validation import check_fields
+from .errors import ConfigError
+
+__all__ = [
+    "Role",
+    "FunctionCall",
+    "ToolCall",
+    "Message",
+    "FunctionSchema",
+    "ToolSchema",
+    "NamedToolChoice",
+    "ToolChoice",
+    "Request",
+    "Output",
+    "Usage",
+    "Completion",
+    "Generate",
+    "Middleware",
+]
+
+Role: TypeAlias = Literal["system", "user", "assistant", "tool"]
+
+_PositiveInt = Annotated[int, Meta(ge=1)]
+_NonNegInt = Annotated[int, Meta(ge=0)]
+
+
+class FunctionCall(msgspec.Struct, frozen=True, kw_only=True):
+    """The function half of a tool call. ``arguments`` is the JSON text the
+    model wrote, kept verbatim (it may not even be valid JSON)."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool call in an assistant message, as on the wire."""
+
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A chat message in the OpenAI shape.
+
+    ``tool_calls`` appears on assistant messages; ``tool_call_id`` (and
+    optionally ``name``) on ``tool`` messages answering one.
+    """
+
+    role: Role
+    content: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+class FunctionSchema(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A function a model may call: ``parameters`` is a JSON Schema object."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    strict: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+class ToolSchema(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool offered to the model, as in the ``tools`` list of a request."""
+
+    function: FunctionSchema
+    type: Literal["function"] = "function"
+
+
+class NamedToolChoice(msgspec.Struct, frozen=True, kw_only=True):
+    """Force the model to call the named tool."""
+
+    name: str
+
+
+ToolChoice: TypeAlias = Literal["auto", "none", "required"] | NamedToolChoice
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One generation request.
+
+    Sampling fields left as None take the transport config's defaults.
+    ``prompt_ids`` lets token-level transports (vLLM, verl) skip rendering;
+    text transports ignore it. ``request_id`` names the request (and, for verl,
+    the session that keeps a trajectory on one server).
+    """
+
+    messages: tuple[Message, ...] = ()
+    tools: tuple[ToolSchema, ...] = ()
+    tool_choice: ToolChoice | None = None
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
+    max_new_tokens: _PositiveInt | None = None
+    n: _PositiveInt = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    ignore_eos: bool = False
+    logit_bias: dict[int, float] | None = None
+    prompt_ids: tuple[int, ...] | None = None
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.messages and self.prompt_ids is None:
+            raise ConfigError("Request.messages", "a request needs messages or prompt_ids")
+
+
+FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "abort", "content_filter"]
+
+
+class Output(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One sample of a completion.
+
+    ``token_ids`` and ``logprobs`` (one per token id, the sampled token's log
+    probability) are set when the transport works in tokens.
+    """
+
+    text: str
+    finish_reason: FinishReason
+    tool_calls: tuple[ToolCall, ...] = ()
+    token_ids: tuple[int, ...] | None = None
+    logprobs: tuple[float, ...] | None = None
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    prompt_tokens: _NonNegInt = 0
+    completion_tokens: _NonNegInt = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Completion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The answer to a :class:`Request`: ``n`` outputs, usage, and how many
+    attempts the retry middleware needed (1 when there was no retry).
+
+    ``prompt_ids`` are the prompt's token ids when the transport tokenised it;
+    ``weight_version`` is the policy version that sampled it (verl's
+    ``global_steps``), when known.
+    """
+
+    outputs: tuple[Output, ...]
+    usage: Usage = Usage()
+    attempts: _PositiveInt = 1
+    model: str = ""
+    prompt_ids: tuple[int, ...] | None = None
+    weight_version: int | None = None
+
+
+Generate: TypeAlias = Callable[[Request], Awaitable[Completion]]
+"""A transport: one request in, one completion (or a typed error) out."""
+
+Middleware: TypeAlias = Callable[[Generate], Generate]
+"""A function from transport to transport (rate limit, retry, timeout, ...)."""

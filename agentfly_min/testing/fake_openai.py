@@ -1,0 +1,287 @@
+"""A local OpenAI-compatible chat server that can misbehave on purpose.
+
+It speaks the chat-completions wire format on 127.0.0.1 (real sockets, real
+HTTP through uvicorn) and echoes the last user message back, so a caller can
+tell every answer apart. Faults are injected from a script (the next requests
+get exactly these faults, in order) or at random with a seeded rate:
+
+- ``"429"`` / ``"500"`` / ``"503"`` / ``"400"``: that status (429 with
+  ``Retry-After: retry_after``),
+- ``"drop"``: the response starts, then the connection is closed mid-body,
+- ``"slow"``: the answer takes ``slow_seconds``; if the client hangs up
+  first, the log records ``disconnected`` (how a test sees that a cancelled
+  request stopped the server's work),
+- ``"malformed"``: 200 with a body that is not a chat completion.
+
+Every request is logged with a server-side timestamp (``time.monotonic``),
+its key (the last user message) and outcome; ``GET /_log`` returns the log.
+It runs in its own process (:class:`FakeOpenAIServer`) so that its CPU time
+never mixes with the client's being measured.
+
+Run by hand: ``python -m agentfly_min.testing.fake_openai`` prints its port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Literal, TypeAlias
+
+import anyio
+import msgspec
+
+__all__ = ["FakeOpenAIServer", "FaultKind", "ServerSettings", "LogEntry"]
+
+FaultKind: TypeAlias = Literal["429", "500", "503", "400", "drop", "slow", "malformed"]
+
+MODEL_NAME = "fake-echo"
+
+
+class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the server does; replaced as a whole by ``configure``."""
+
+    latency: float = 0.0
+    fault_rate: float = 0.0
+    fault_kinds: tuple[FaultKind, ...] = ("429", "500", "503", "drop")
+    script: tuple[FaultKind | Literal["ok"], ...] = ()
+    retry_after: float = 0.0
+    slow_seconds: float = 30.0
+    seed: int = 0
+
+
+class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
+    t: float
+    key: str
+    outcome: str
+    disconnected: bool = False
+
+
+Scope: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send: TypeAlias = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class _App:
+    """The ASGI application (plain ASGI: a fault needs the raw send/receive)."""
+
+    def __init__(self) -> None:
+        self.settings = ServerSettings()
+        self.log: list[LogEntry] = []
+        self.rng = random.Random(0)
+        self.script: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            event = await receive()
+            body += event.get("body", b"")
+            if not event.get("more_body", False):
+                break
+        path, method = scope["path"], scope["method"]
+        if path == "/_control" and method == "POST":
+            self.settings = msgspec.json.decode(body, type=ServerSettings)
+            self.rng = random.Random(self.settings.seed)
+            self.script = list(self.settings.script)
+            self.log = []
+            await _json(send, 200, {"ok": True})
+        elif path == "/_log":
+            await _json(send, 200, msgspec.to_builtins(self.log))
+        elif path.endswith("/models"):
+            await _json(send, 200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "owned_by": "me"}]})
+        elif path.endswith("/chat/completions") and method == "POST":
+            await self._chat(json.loads(body), receive, send)
+        else:
+            await _json(send, 404, {"error": {"message": f"no route {method} {path}"}})
+
+    def _fault(self) -> str:
+        if self.script:
+            return self.script.pop(0)
+        s = self.settings
+        if s.fault_rate > 0 and self.rng.random() < s.fault_rate:
+            return self.rng.choice(s.fault_kinds)
+        return "ok"
+
+    async def _chat(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        key = next((m.get("content") or "" for m in reversed(request["messages"]) if m["role"] == "user"), "")
+        fault = self._fault()
+        entry_t = time.monotonic()
+        if self.settings.latency > 0:
+            await anyio.sleep(self.settings.latency)
+        if fault == "slow":
+            disconnected = await _wait_for_disconnect(receive, self.settings.slow_seconds)
+            self.log.append(LogEntry(t=entry_t, key=key, outcome=fault, disconnected=disconnected))
+            if disconnected:
+                return
+            fault = "ok"
+        else:
+            self.log.append(LogEntry(t=entry_t, key=key, outcome=fault))
+        if fault in ("429", "500", "503", "400"):
+            headers = [(b"retry-after", str(self.settings.retry_after).encode())] if fault == "429" else []
+            await _json(send, int(fault), {"error": {"message": f"injected {fault}", "type": "injected"}}, headers)
+        elif fault == "drop":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
+            await send({"type": "http.response.body", "body": b'{"id": "cut', "more_body": True})
+            raise ConnectionAbortedError("injected drop")  # uvicorn closes the half-sent response
+        elif fault == "malformed":
+            await _raw(send, 200, b'{"choices": "not a list", "broken', [(b"content-type", b"application/json")])
+        else:
+            await _json(send, 200, _completion(request, key))
+
+
+def _completion(request: dict[str, Any], key: str) -> dict[str, Any]:
+    text = f"echo: {key}"
+    words = text.split()
+    max_tokens = int(request.get("max_tokens") or len(words))
+    choice_tool = request.get("tool_choice")
+    choices = []
+    for index in range(int(request.get("n") or 1)):
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        finish = "stop"
+        if isinstance(choice_tool, dict):
+            name = choice_tool["function"]["name"]
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{index}",
+                        "type": "function",
+                        "function": {"name": name, "arguments": json.dumps({"text": key})},
+                    }
+                ],
+            }
+            finish = "tool_calls"
+        choice: dict[str, Any] = {"index": index, "message": message, "finish_reason": finish}
+        if request.get("logprobs"):
+            choice["logprobs"] = {
+                "content": [{"token": w, "logprob": -0.5, "bytes": list(w.encode()), "top_logprobs": []} for w in words]
+            }
+        choices.append(choice)
+    prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in request["messages"])
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", MODEL_NAME),
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": min(max_tokens, len(words)) * len(choices),
+            "total_tokens": prompt_tokens + min(max_tokens, len(words)) * len(choices),
+        },
+    }
+
+
+async def _wait_for_disconnect(receive: Receive, seconds: float) -> bool:
+    """Sleep ``seconds`` unless the client hangs up first; say which."""
+    with anyio.move_on_after(seconds):
+        while True:
+            if (await receive())["type"] == "http.disconnect":
+                return True
+    return False
+
+
+async def _raw(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(send: Send, status: int, payload: object, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await _raw(send, status, json.dumps(payload).encode(), [(b"content-type", b"application/json"), *(headers or [])])
+
+
+def _serve(port: int) -> None:
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config(_App(), log_level="critical", access_log=False, lifespan="off", backlog=2048)
+    server = uvicorn.Server(config)
+    print(f"READY {sock.getsockname()[1]}", flush=True)
+    server.run(sockets=[sock])
+
+
+class FakeOpenAIServer:
+    """The fake server in a child process: ``with FakeOpenAIServer() as s``.
+
+    ``base_url`` is its ``/v1`` URL; :meth:`configure` replaces its
+    settings (and clears the log); :meth:`log` reads the log. The child is
+    terminated on exit.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from agentfly_min.testing.fake_openai import main; main()", "--port", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line.startswith("READY "):
+            self.close()
+            raise RuntimeError(f"fake OpenAI server did not start (said {line!r})")
+        self.port = int(line.split()[1])
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
+            self._proc = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def configure(self, settings: ServerSettings | None = None, **changes: Any) -> None:
+        """Set the server's behaviour: a :class:`ServerSettings`, or its fields
+        as keywords. Clears the log and restarts the fault script."""
+        chosen = settings if settings is not None else msgspec.convert(changes, ServerSettings)
+        self._post("/_control", msgspec.json.encode(chosen))
+
+    def log(self) -> list[LogEntry]:
+        with urllib.request.urlopen(f"{self.url}/_log", timeout=30) as response:
+            return msgspec.json.decode(response.read(), type=list[LogEntry])
+
+    def _post(self, path: str, body: bytes) -> None:
+        request = urllib.request.Request(
+            f"{self.url}{path}", data=body, headers={"content-type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0)
+    _serve(parser.parse_args().port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""The OpenAI-compatible client transport (the ``openai`` SDK's async client).
+
+The SDK sends the request; we decode the body with msgspec straight into our
+records (the SDK's pydantic parse is skipped, which is most of its per-call
+CPU). The SDK's own retries are off: retrying is the retry middleware's job,
+and two retry loops would multiply.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import openai
+
+from ..configs import ClientConfig, Secret
+from ..errors import MalformedResponseError, PermanentError, TransientError, TransportError
+from ..middleware import compose, concurrency_limit, estimate_tokens, rate_limit, retry, timeout
+from ..records import (
+    Completion,
+    FinishReason,
+    FunctionCall,
+    Generate,
+    Message,
+    Middleware,
+    NamedToolChoice,
+    Output,
+    Request,
+    ToolCall,
+    Usage,
+)
+
+__all__ = ["open_client", "client_middleware", "raw_client_generate", "map_openai_error"]
+
+_TRANSIENT_STATUS = frozenset({408, 409, 429})
+
+
+# What we read of a chat-completions body. Unknown fields are ignored: servers
+# (vLLM, proxies) add their own.
+class _WireFunction(msgspec.Struct, frozen=True):
+    name: str = ""
+    arguments: str = ""
+
+
+class _WireToolCall(msgspec.Struct, frozen=True):
+    function: _WireFunction
+    id: str = ""
+
+
+class _WireMessage(msgspec.Struct, frozen=True):
+    content: str | None = None
+    tool_calls: list[_WireToolCall] | None = None
+
+
+class _WireTokenLogprob(msgspec.Struct, frozen=True):
+    logprob: float
+
+
+class _WireLogprobs(msgspec.Struct, frozen=True):
+    content: list[_WireTokenLogprob] | None = None
+
+
+class _WireChoice(msgspec.Struct, frozen=True):
+    message: _WireMessage
+    index: int = 0
+    finish_reason: str | None = None
+    logprobs: _WireLogprobs | None = None
+    token_ids: list[int] | None = None  # vLLM with return_token_ids
+
+
+class _WireUsage(msgspec.Struct, frozen=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _WireCompletion(msgspec.Struct, frozen=True):
+    choices: list[_WireChoice]
+    model: str = ""
+    usage: _WireUsage | None = None
+    prompt_token_ids: list[int] | None = None  # vLLM with return_token_ids
+
+
+_decoder = msgspec.json.Decoder(_WireCompletion)
+
+_FINISH: Mapping[str | None, FinishReason] = {
+    None: "stop",
+    "stop": "stop",
+    "eos": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "abort": "abort",
+}
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    # The SDK parses these too, but only privately; same rules: milliseconds
+    # first, then seconds, then an HTTP date.
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) / scale)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def map_openai_error(error: openai.OpenAIError) -> TransportError:
+    """Turn an SDK error into ours: 408, 409, 429, 5xx, timeouts and
+    connection failures are transient (with the status and any
+    ``Retry-After``); other statuses are permanent; an unreadable body is
+    malformed. A server's ``x-should-retry`` header overrides the status."""
+    if isinstance(error, openai.APIResponseValidationError):
+        return MalformedResponseError(f"unreadable response: {error.message}", status=error.status_code)
+    if isinstance(error, openai.APIStatusError):
+        status = error.status_code
+        headers = error.response.headers
+        message = f"HTTP {status}: {error.message}"
+        should = headers.get("x-should-retry")
+        transient = should == "true" or (
+            should != "false" and (status in _TRANSIENT_STATUS or status >= 500)
+        )
+        if transient:
+            return TransientError(message, status=status, retry_after=_retry_after(headers))
+        return PermanentError(message, status=status)
+    if isinstance(error, openai.APITimeoutError):
+        return TransientError("request timed out")
+    if isinstance(error, openai.APIConnectionError):
+        cause = error.__cause__
+        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        return TransientError(f"connection failed{detail}")
+    return TransportError(f"{type(error).__name__}: {error}")
+
+
+def _tool_choice(choice: Any) -> Any:
+    if isinstance(choice, NamedToolChoice):
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice
+
+
+def _body(config: ClientConfig, model: str, request: Request) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": msgspec.to_builtins(request.messages),
+        "temperature": config.temperature if request.temperature is None else request.temperature,
+        "top_p": config.top_p if request.top_p is None else request.top_p,
+        "max_tokens": config.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens,
+    }
+    if request.n != 1:
+        body["n"] = request.n
+    if request.tools:
+        body["tools"] = msgspec.to_builtins(request.tools)
+    if request.tool_choice is not None:
+        body["tool_choice"] = _tool_choice(request.tool_choice)
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.logprobs:
+        body["logprobs"] = True
+    if request.logit_bias:
+        body["logit_bias"] = {str(k): v for k, v in request.logit_bias.items()}
+    return body
+
+
+def _extra_body(request: Request) -> dict[str, Any] | None:
+    # ignore_eos is a vLLM extension; only sent when asked for.
+    return {"ignore_eos": True} if request.ignore_eos else None
+
+
+def _output(choice: _WireChoice) -> Output:
+    message = choice.message
+    calls = tuple(
+        ToolCall(id=call.id, function=FunctionCall(name=call.function.name, arguments=call.function.arguments))
+        for call in message.tool_calls or ()
+    )
+    logprobs = None
+    if choice.logprobs is not None and choice.logprobs.content is not None:
+        logprobs = tuple(item.logprob for item in choice.logprobs.content)
+    return Output(
+        text=message.content or "",
+        finish_reason=_FINISH.get(choice.finish_reason, "stop"),
+        tool_calls=calls,
+        token_ids=tuple(choice.token_ids) if choice.token_ids is not None else None,
+        logprobs=logprobs,
+    )
+
+
+def _completion(body: bytes, status: int) -> Completion:
+    try:
+        wire = _decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedResponseError(f"unreadable chat completion ({exc}): {body[:200]!r}", status=status) from None
+    choices = sorted(wire.choices, key=lambda c: c.index)
+    usage = wire.usage or _WireUsage()
+    return Completion(
+        outputs=tuple(_output(c) for c in choices),
+        usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
+        model=wire.model,
+        prompt_ids=tuple(wire.prompt_token_ids) if wire.prompt_token_ids is not None else None,
+    )
+
+
+def raw_client_generate(client: openai.AsyncOpenAI, config: ClientConfig, model: str) -> Generate:
+    """One call to ``/chat/completions``, no middleware: the bottom of the stack."""
+    create = client.chat.completions.with_raw_response.create
+
+    async def generate(request: Request) -> Completion:
+        try:
+            response = await create(**_body(config, model, request), extra_body=_extra_body(request))
+        except openai.OpenAIError as exc:
+            raise map_openai_error(exc) from exc
+        return _completion(response.content, response.http_response.status_code)
+
+    return generate
+
+
+def client_middleware(config: ClientConfig) -> Middleware:
+    """The stack :func:`open_client` puts around the raw call by default,
+    outermost first: retry, concurrency limit, rate limit, per-attempt
+    timeout. (Concurrency sits outside the rate limit so that slots freed at
+    once cannot release a burst; the timeout sits inside the retry so each
+    attempt gets ``config.timeout``.)"""
+    layers: list[Middleware] = [retry(max_retries=config.max_retries, max_retry_after=config.max_retry_after)]
+    if config.max_concurrency is not None:
+        layers.append(concurrency_limit(config.max_concurrency))
+    if config.max_requests_per_minute is not None or config.max_tokens_per_minute is not None:
+        budget = config.max_new_tokens
+        layers.append(
+            rate_limit(
+                config.max_requests_per_minute,
+                tokens_per_minute=config.max_tokens_per_minute,
+                burst=config.rate_limit_burst,
+                estimate=lambda request: estimate_tokens(request, budget),
+            )
+        )
+    layers.append(timeout(config.timeout))
+    return compose(*layers)
+
+
+def _api_key(config: ClientConfig) -> str:
+    key = config.api_key if config.api_key is not None else os.environ.get("OPENAI_API_KEY")
+    if key is None:
+        # Local servers (vLLM) accept any key; the SDK refuses to start without one.
+        return "EMPTY"
+    return key.reveal() if isinstance(key, Secret) else key
+
+
+async def _first_model(client: openai.AsyncOpenAI) -> str:
+    try:
+        page = await client.models.list()
+    except openai.OpenAIError as exc:
+        raise map_openai_error(exc) from exc
+    for entry in page.data:
+        return entry.id
+    raise PermanentError("ClientConfig.model is unset and the server lists no models")
+
+
+@asynccontextmanager
+async def open_client(
+    config: ClientConfig,
+    *,
+    model: str | None = None,
+    middleware: Middleware | None = None,
+) -> AsyncIterator[Generate]:
+    """Open an ``openai.AsyncOpenAI`` client and yield a :data:`Generate`.
+
+    ``model`` overrides ``config.model``; with neither, the server's first
+    listed model is used (looked up on entry). ``middleware`` replaces the
+    default stack (:func:`client_middleware`); pass ``compose()`` for the raw
+    call alone. The HTTP client is closed on exit.
+    """
+    client = openai.AsyncOpenAI(
+        base_url=config.base_url,
+        api_key=_api_key(config),
+        max_retries=0,
+        timeout=config.timeout,
+    )
+    async with client:
+        name = model or config.model
+        if name is None:
+            name = await _first_model(client)
+        stack = client_middleware(config) if middleware is None else middleware
+        yield stack(raw_client_generate(client, config, name))
