@@ -15,7 +15,9 @@ import msgspec
 
 from .errors import ConfigError
 
-__all__ = ["check_fields", "require_positive"]
+__all__ = ["check_fields", "require", "require_positive"]
+
+_POSITIVE = typing.Annotated[float, msgspec.Meta(gt=0.0)]
 
 
 @functools.cache
@@ -42,7 +44,15 @@ def _explain(exc: msgspec.ValidationError) -> str:
     return str(exc).replace(" - at `$`", "")
 
 
+def require(field: str, value: object, annotation: object) -> None:
+    """Check one middleware argument against an annotation when the
+    middleware is built, with the same wording as a config field."""
+    try:
+        msgspec.convert(value, annotation, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(field, f"{_explain(exc)}, got {value!r}") from None
+
+
 def require_positive(field: str, value: float) -> None:
     """Refuse a zero, negative or NaN limit when a middleware is built."""
-    if isinstance(value, bool) or not value > 0:
-        raise ConfigError(field, f"must be > 0, got {value!r}")
+    require(field, value, _POSITIVE)

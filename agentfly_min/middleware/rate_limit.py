@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 import anyio
+from msgspec import Meta
 
-from .._validation import require_positive
+from .._validation import require, require_positive
 from ..errors import ConfigError
 from ..records import Completion, Generate, Middleware, Request
 
@@ -78,8 +80,7 @@ def rate_limit(
     """
     if requests_per_minute is None and tokens_per_minute is None:
         raise ConfigError("rate_limit", "give requests_per_minute, tokens_per_minute, or both")
-    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-        raise ConfigError("rate_limit.burst", f"must be an int >= 1, got {burst!r}")
+    require("rate_limit.burst", burst, Annotated[int, Meta(ge=1)])
     requests: _Gcra | None = None
     tokens: _Gcra | None = None
     if requests_per_minute is not None:

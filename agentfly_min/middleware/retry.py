@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 import anyio
 import msgspec
+from msgspec import Meta
 
-from .._validation import require_positive
-from ..errors import ConfigError, RetriesExhaustedError, TransientError, TransportError
+from .._validation import require, require_positive
+from ..errors import RetriesExhaustedError, TransientError, TransportError
 from ..records import Completion, Generate, Middleware, Request
 
 __all__ = ["retry", "is_transient", "server_retry_after", "backoff_delay"]
@@ -59,13 +61,11 @@ def retry(
     last error attached. A completion records how many attempts it took in
     ``Completion.attempts``.
     """
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ConfigError("retry.max_retries", f"must be an int >= 0, got {max_retries!r}")
+    require("retry.max_retries", max_retries, Annotated[int, Meta(ge=0)])
     require_positive("retry.initial_backoff", initial_backoff)
     require_positive("retry.max_backoff", max_backoff)
     require_positive("retry.max_retry_after", max_retry_after)
-    if not 0.0 <= jitter <= 1.0:
-        raise ConfigError("retry.jitter", f"must be in [0, 1], got {jitter!r}")
+    require("retry.jitter", jitter, Annotated[float, Meta(ge=0.0, le=1.0)])
 
     def layer(inner: Generate) -> Generate:
         async def generate(request: Request) -> Completion:

@@ -204,6 +204,7 @@ def _serve(port: int) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
+    sock.listen(2048)  # before READY: a client may connect at once
     config = uvicorn.Config(_App(), log_level="critical", access_log=False, lifespan="off", backlog=2048)
     server = uvicorn.Server(config)
     print(f"READY {sock.getsockname()[1]}", flush=True)

@@ -1,0 +1,1 @@
+# Partial stub: covers only what agentfly_min's benchmarks call.
