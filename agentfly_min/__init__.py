@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .agent import Agent, Trajectory, rollout, run_agent
 from .configs import AsyncVerlConfig, AsyncVLLMConfig, BackendConfig, ClientConfig, Secret, decode_config, encode_config
 from .errors import (
     AgentflyError,
@@ -28,6 +29,7 @@ from .records import (
     ToolSchema,
     Usage,
 )
+from .tools import Tool, tool
 from .transports import open_backend
 
 try:
@@ -65,6 +67,13 @@ __all__ = [
     "retry",
     "timeout",
     "concurrency_limit",
+    # agents
+    "Agent",
+    "Trajectory",
+    "run_agent",
+    "rollout",
+    "tool",
+    "Tool",
     # errors
     "AgentflyError",
     "ConfigError",

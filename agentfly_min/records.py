@@ -51,8 +51,8 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     """One tool call in an assistant message, as on the wire."""
 
     id: str
-    function: FunctionCall
     type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -87,8 +87,8 @@ class FunctionSchema(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
 class ToolSchema(msgspec.Struct, frozen=True, kw_only=True):
     """A tool offered to the model, as in the ``tools`` list of a request."""
 
-    function: FunctionSchema
     type: Literal["function"] = "function"
+    function: FunctionSchema
 
 
 class NamedToolChoice(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agentfly_min.testing import FakeOpenAIServer
+from agentfly_min.testing import FakeOpenAIServer, tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"  # caches stay inside the build tree
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -21,3 +26,15 @@ def fake_server() -> Iterator[FakeOpenAIServer]:
     test that uses it configures it first, which also clears its log."""
     with FakeOpenAIServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    return tiny_model(CACHE)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_path))

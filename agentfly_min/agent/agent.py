@@ -1,0 +1,88 @@
+"""The Agent record: what to run, checked when built."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeAlias
+
+import msgspec
+from msgspec import Meta
+
+from .._validation import require
+from ..configs import AsyncVerlConfig, AsyncVLLMConfig, BackendConfig, ClientConfig
+from ..errors import ConfigError
+from ..templates import TemplateName
+from ..tools import Tool
+from .trajectory import Trajectory
+
+__all__ = ["Agent", "Backend", "RewardFn", "Task"]
+
+Backend: TypeAlias = Literal["async_vllm", "client", "async_verl"]
+Task: TypeAlias = Mapping[str, Any]
+"""A task: ``question`` (or ``prompt``) text, or ``messages`` in the OpenAI
+shape; optionally ``id``; any other fields (``answer``...) go to the reward."""
+RewardFn: TypeAlias = Callable[[Trajectory, Task], float | Awaitable[float]]
+"""``reward(trajectory, task) -> float``, sync or async."""
+
+_CONFIG_FOR: dict[str, type[AsyncVLLMConfig | AsyncVerlConfig | ClientConfig]] = {
+    "async_vllm": AsyncVLLMConfig,
+    "client": ClientConfig,
+    "async_verl": AsyncVerlConfig,
+}
+
+
+class Agent(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent: model, tools, reward, template and the transport to use.
+
+    ``backend`` and the type of ``backend_config`` must agree
+    (``"async_vllm"`` / :class:`AsyncVLLMConfig`, ``"client"`` /
+    :class:`ClientConfig`, ``"async_verl"`` / :class:`AsyncVerlConfig`); with no
+    config, the backend's defaults are used. ``max_turns`` bounds model turns
+    per episode, ``max_new_tokens`` the tokens of one turn (None: the
+    transport's default) and ``max_model_len`` prompt plus response (None:
+    no budget kept here; the transport still refuses an overlong prompt).
+    """
+
+    model_name_or_path: str
+    tools: Sequence[Tool] = ()
+    reward_fn: RewardFn | None = None
+    template: TemplateName = "qwen2.5"
+    backend: Backend = "client"
+    backend_config: BackendConfig | None = None
+    system_prompt: str | None = None
+    max_turns: int = 4
+    max_new_tokens: int | None = None
+    max_model_len: int | None = None
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        require("Agent.model_name_or_path", self.model_name_or_path, Annotated[str, Meta(min_length=1)])
+        require("Agent.max_turns", self.max_turns, Annotated[int, Meta(ge=1)])
+        require("Agent.max_new_tokens", self.max_new_tokens, Annotated[int, Meta(ge=1)] | None)
+        require("Agent.max_model_len", self.max_model_len, Annotated[int, Meta(ge=16)] | None)
+        require("Agent.temperature", self.temperature, Annotated[float, Meta(ge=0.0, le=2.0)] | None)
+        require("Agent.template", self.template, TemplateName)
+        require("Agent.backend", self.backend, Backend)
+        wanted = _CONFIG_FOR[self.backend]
+        if self.backend_config is None:
+            msgspec.structs.force_setattr(self, "backend_config", wanted())
+        elif not isinstance(self.backend_config, wanted):
+            raise ConfigError(
+                "Agent.backend_config",
+                f"backend={self.backend!r} takes a {wanted.__name__}, got a {type(self.backend_config).__name__}",
+            )
+        tools = tuple(self.tools)
+        for item in tools:
+            if not isinstance(item, Tool):
+                raise ConfigError("Agent.tools", f"expected Tool records (use @tool), got {type(item).__name__}")
+        names = [t.name for t in tools]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError("Agent.tools", f"tool names must be unique; repeated: {', '.join(repeated)}")
+        msgspec.structs.force_setattr(self, "tools", tools)
+
+    @property
+    def config(self) -> BackendConfig:
+        """The backend config (the default one if none was given)."""
+        assert self.backend_config is not None  # set in __post_init__
+        return self.backend_config

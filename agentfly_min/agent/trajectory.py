@@ -1,0 +1,64 @@
+"""The record of one episode, ready for a trainer."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+import msgspec
+
+from ..records import Message, Usage
+
+__all__ = ["Trajectory", "EpisodeEnd"]
+
+EpisodeEnd: TypeAlias = Literal["answer", "length", "max_turns", "context", "error"]
+"""Why an episode ended: the model answered without a tool call; its answer
+was cut off by the per-turn token limit; ``max_turns`` was reached; the
+context budget ran out; or an error ended it (``Trajectory.error`` says which)."""
+
+
+class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One chain of one task.
+
+    When the transport works in tokens (``token_level``), ``prompt_ids`` is
+    the first prompt and ``response_ids`` everything after it: the tokens the
+    model sampled, with the tokens of each tool observation spliced in
+    between turns. ``response_mask`` is 1 exactly on sampled tokens and
+    ``response_logprobs`` holds their log probabilities (0.0 where the mask
+    is 0); all three have the same length. The ids are the ones sampled;
+    nothing was decoded and re-tokenised. With a text-only transport those
+    fields are empty and ``messages`` is the record.
+
+    ``error`` is set when something ended the episode early (a transport
+    failure after its retries, a task that could not be read);
+    ``reward_error`` when the reward function raised. ``tool_errors`` counts
+    tool calls that failed (bad arguments, unknown tool, a raising or
+    overrunning tool); the model was told and the episode went on.
+    """
+
+    task_id: str
+    group_id: str
+    chain_index: int = 0
+    request_id: str
+    messages: tuple[Message, ...]
+    finish_reason: EpisodeEnd
+    num_turns: int
+    token_level: bool
+    prompt_ids: tuple[int, ...] = ()
+    response_ids: tuple[int, ...] = ()
+    response_mask: tuple[int, ...] = ()
+    response_logprobs: tuple[float, ...] = ()
+    reward: float | None = None
+    reward_error: str | None = None
+    error: str | None = None
+    tool_calls: int = 0
+    tool_errors: int = 0
+    usage: Usage = Usage()
+    attempts: int = 0
+    weight_versions: tuple[int, ...] = ()
+
+    def final_text(self) -> str | None:
+        """The content of the last assistant message, if any."""
+        for message in reversed(self.messages):
+            if message.role == "assistant":
+                return message.content or ""
+        return None

@@ -1,0 +1,174 @@
+"""The Qwen2.5 chat format: rendering conversations and tool schemas.
+
+:func:`render` produces exactly what Qwen2.5's own Jinja chat template
+(:data:`CHAT_TEMPLATE`, as shipped with the Qwen2.5 instruct models) produces
+through ``tokenizer.apply_chat_template``; the tests hold the two together.
+It is plain Python so that the agent loop can also render the *pieces* it
+splices between turns (:func:`render_tool_results`) without re-rendering,
+and so re-tokenising the whole conversation is never needed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import msgspec
+
+from ..records import Message, ToolCall, ToolSchema
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "DEFAULT_SYSTEM",
+    "IM_START",
+    "IM_END",
+    "GENERATION_PROMPT",
+    "render",
+    "render_tool_results",
+    "tool_call_json",
+]
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+GENERATION_PROMPT = f"{IM_START}assistant\n"
+DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+_TOOLS_HEADER = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+_TOOLS_FOOTER = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
+    "</tool_call>"
+)
+
+
+def _tojson(value: object) -> str:
+    # What the `tojson` filter of transformers' chat-template sandbox writes.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def tool_call_json(call: ToolCall) -> str:
+    """The body of one ``<tool_call>`` block. Arguments that parse as JSON are
+    written as an object (as the template does with a dict); arguments the
+    model wrote that do not parse are kept as the raw string."""
+    try:
+        arguments: object = json.loads(call.function.arguments)
+    except json.JSONDecodeError:
+        arguments = call.function.arguments
+    return '{"name": "' + call.function.name + '", "arguments": ' + _tojson(arguments) + "}"
+
+
+def _system(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> str:
+    first = messages[0] if messages else None
+    system = first.content or "" if first is not None and first.role == "system" else None
+    if tools:
+        text = f"{IM_START}system\n{system if system is not None else DEFAULT_SYSTEM}{_TOOLS_HEADER}"
+        for tool in tools:
+            text += "\n" + _tojson(msgspec.to_builtins(tool))
+        return text + _TOOLS_FOOTER + f"{IM_END}\n"
+    return f"{IM_START}system\n{system if system is not None else DEFAULT_SYSTEM}{IM_END}\n"
+
+
+def render_tool_results(results: Sequence[Message]) -> str:
+    """One user turn holding consecutive ``tool`` messages, as the template
+    writes it (including the closing ``<|im_end|>\\n``)."""
+    body = "".join(f"\n<tool_response>\n{m.content or ''}\n</tool_response>" for m in results)
+    return f"{IM_START}user{body}{IM_END}\n"
+
+
+def _assistant(message: Message) -> str:
+    if not message.tool_calls:
+        return f"{IM_START}assistant\n{message.content or ''}{IM_END}\n"
+    text = f"{IM_START}assistant"
+    if message.content:
+        text += "\n" + message.content
+    for call in message.tool_calls:
+        text += "\n<tool_call>\n" + tool_call_json(call) + "\n</tool_call>"
+    return text + f"{IM_END}\n"
+
+
+def render(
+    messages: Sequence[Message], tools: Sequence[ToolSchema] = (), *, add_generation_prompt: bool = True
+) -> str:
+    """Render a conversation (and the tools offered) to Qwen2.5 prompt text."""
+    parts = [_system(messages, tools)]
+    pending_tools: list[Message] = []
+    for index, message in enumerate(messages):
+        if message.role == "tool":
+            pending_tools.append(message)
+            continue
+        if pending_tools:
+            parts.append(render_tool_results(pending_tools))
+            pending_tools = []
+        if message.role == "system" and index == 0:
+            continue  # already in the system block
+        if message.role == "assistant":
+            parts.append(_assistant(message))
+        else:
+            parts.append(f"{IM_START}{message.role}\n{message.content or ''}{IM_END}\n")
+    if pending_tools:
+        parts.append(render_tool_results(pending_tools))
+    if add_generation_prompt:
+        parts.append(GENERATION_PROMPT)
+    return "".join(parts)
+
+
+CHAT_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\\n<tool_call>\\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- message.content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+"""Qwen2.5-Instruct's chat template (tool calls included), for tokenizers
+built offline (:func:`agentfly_min.testing.tiny_model`)."""

@@ -1,0 +1,154 @@
+"""A tiny Qwen2-style model with random weights, built offline.
+
+:func:`tiny_model` trains a byte-level BPE tokenizer on generated text (with
+Qwen2.5's special tokens and chat template, tool calls included), builds a
+``Qwen2ForCausalLM`` of about 0.8 M parameters with random bfloat16 weights,
+and saves both in the layout vLLM and transformers load from a path. It is
+deterministic for a seed and cached: the second call returns at once.
+
+The weights are random: it measures transports and tests token plumbing, not
+model quality. Anything that takes a model path takes a real one instead,
+e.g. a downloaded ``Qwen/Qwen2.5-0.5B-Instruct`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["tiny_model", "default_cache_dir", "SPECIAL_TOKENS", "TOOL_TOKENS"]
+
+_VERSION = 1  # bump when the recipe changes, so old caches are not reused
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+TOOL_TOKENS = ("<tool_call>", "</tool_call>")
+_VOCAB = 1024
+
+
+def default_cache_dir() -> Path:
+    """``$AGENTFLY_MIN_CACHE``, else ``~/.cache/agentfly_min``."""
+    env = os.environ.get("AGENTFLY_MIN_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "agentfly_min"
+
+
+def _corpus(rng: random.Random) -> Iterator[str]:
+    from ..templates.qwen25 import DEFAULT_SYSTEM
+
+    words = (
+        "the a an of to and in is was for on that with as by it at from this be are or answer question "
+        "number sum product result tool call function arguments expression calculator compute what how many "
+        "total each then so we get first second step final boxed user assistant system response error"
+    ).split()
+    yield DEFAULT_SYSTEM
+    yield "# Tools\n\nYou may call one or more functions to assist with the user query."
+    for _ in range(4000):
+        kind = rng.randrange(4)
+        if kind == 0:
+            a, b = rng.randrange(1000), rng.randrange(1000)
+            op = rng.choice("+-*/")
+            yield f"What is {a} {op} {b}? The answer is \\boxed{{{a}}}."
+        elif kind == 1:
+            expr = f"{rng.randrange(100)} {rng.choice('+-*/')} {rng.randrange(100)}"
+            yield f'<tool_call>\n{{"name": "calculator", "arguments": {{"expression": "{expr}"}}}}\n</tool_call>'
+        elif kind == 2:
+            yield " ".join(rng.choice(words) for _ in range(rng.randrange(3, 15)))
+        else:
+            yield f"<tool_response>\n{rng.randrange(100000)}\n</tool_response>"
+
+
+def _build_tokenizer(folder: Path, rng: random.Random) -> int:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from ..templates.qwen25 import CHAT_TEMPLATE
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_VOCAB,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(list(_corpus(rng)), trainer)
+    # As in Qwen2.5: the tool-call tags are added tokens but not special ones,
+    # so decoding with skip_special_tokens keeps them.
+    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=32768,
+    )
+    tokenizer.save_pretrained(str(folder))
+    # transformers 5 records "TokenizersBackend", which older loaders and
+    # vLLM's tokenizer registry do not know; the fast class loads everywhere.
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2))
+    size: int = len(tokenizer)
+    return size
+
+
+def _build_model(folder: Path, vocab_size: int, seed: int, eos_id: int, pad_id: int) -> None:
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=128,  # head_dim 32: vLLM's CPU attention needs >= 32
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        dtype="bfloat16",
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)  # type: ignore[no-untyped-call]
+    model = model.bfloat16()
+    model.save_pretrained(str(folder), safe_serialization=True)
+    generation = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=eos_id)  # type: ignore[no-untyped-call]
+    generation.save_pretrained(str(folder))
+
+
+def tiny_model(cache_dir: Path | str | None = None, *, seed: int = 0) -> Path:
+    """Build (once) and return the folder of a tiny random Qwen2 model with a
+    Qwen2.5-style tokenizer and chat template. ``cache_dir`` defaults to
+    :func:`default_cache_dir`. Needs ``torch``, ``transformers`` and
+    ``tokenizers`` (the ``vllm`` extra has them); no network."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = root / f"tiny-qwen2-v{_VERSION}-seed{seed}"
+    if (folder / "config.json").exists():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
+    try:
+        rng = random.Random(seed)
+        vocab = _build_tokenizer(staging, rng)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(staging))
+        eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        assert isinstance(eos_id, int) and isinstance(pad_id, int)
+        _build_model(staging, vocab, seed, eos_id, pad_id)
+        try:
+            staging.rename(folder)  # atomic: a half-built folder is never seen
+        except OSError:
+            if not (folder / "config.json").exists():  # not a concurrent builder winning the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

@@ -1,0 +1,62 @@
+"""math_reward_string_equal: the exact rule, edge cases included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agentfly_min import Message, Trajectory
+from agentfly_min.rewards import extract_answer, math_reward_string_equal, normalize_answer
+
+
+def finished(*texts: str) -> Trajectory:
+    messages = [Message(role="user", content="q")] + [Message(role="assistant", content=t) for t in texts]
+    return Trajectory(
+        task_id="t", group_id="t", request_id="r", messages=tuple(messages), finish_reason="answer",
+        num_turns=len(texts), token_level=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "reward"),
+    [
+        ("The answer is \\boxed{42}.", 42, 1.0),
+        ("\\boxed{41} no wait \\boxed{42}", "42", 1.0),  # the last box counts
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 1.0),  # nested braces
+        ("\\boxed{ 1,234 }", "1234", 1.0),  # thousands separators, spaces
+        ("So 12 apples, then 7 more: 19", "19", 1.0),  # no box: the last number
+        ("It costs $1,000,000.", 1000000, 1.0),
+        ("x = 3.0", "3", 1.0),  # trailing .0
+        ("x = 2.50", "2.5", 1.0),  # trailing zeros
+        ("-7 is it", "-7", 1.0),
+        ("\\boxed{42} but 43 is also near", "42", 1.0),  # a box beats later numbers
+        ("The answer is 42", "43", 0.0),
+        ("no digits here", "1", 0.0),
+        ("\\boxed{0.5}", "1/2", 0.0),  # no algebra: strings after light normalisation
+        ("\\boxed{42", "42", 1.0),  # an unclosed box is ignored; the last number counts
+    ],
+)
+def test_math_reward(text: str, answer: Any, reward: float) -> None:
+    assert math_reward_string_equal(finished(text), {"answer": answer}) == reward
+
+
+def test_only_the_last_assistant_message_counts() -> None:
+    assert math_reward_string_equal(finished("\\boxed{4}", "I am not sure"), {"answer": "4"}) == 0.0
+
+
+def test_no_assistant_message_scores_zero() -> None:
+    assert math_reward_string_equal(finished(), {"answer": "4"}) == 0.0
+
+
+def test_task_without_answer_raises() -> None:
+    with pytest.raises(KeyError):
+        math_reward_string_equal(finished("4"), {})
+
+
+def test_helpers() -> None:
+    assert extract_answer("a 1 b 2.5 c") == "2.5"
+    assert extract_answer("nothing") is None
+    assert normalize_answer(" $12,345.600 ") == "12345.6"
+    assert normalize_answer("0.000") == "0"
+    assert normalize_answer("1,2") == "1,2"  # not a thousands separator
