@@ -104,6 +104,9 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One generation request.
 
     Sampling fields left as None take the transport config's defaults.
+    ``regex`` constrains the output to a regular expression (vLLM's
+    structured outputs; sent to OpenAI-compatible vLLM servers as
+    ``structured_outputs``), e.g. to force the shape of a tool call.
     ``prompt_ids`` lets token-level transports (vLLM, verl) skip rendering;
     text transports ignore it. ``request_id`` names the request (and, for verl,
     the session that keeps a trajectory on one server).
@@ -121,6 +124,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     logprobs: bool = False
     ignore_eos: bool = False
     logit_bias: dict[int, float] | None = None
+    regex: str | None = None
     prompt_ids: tuple[int, ...] | None = None
     request_id: str | None = None
 

@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from agentfly_min.testing import FakeOpenAIServer
+from agentfly_min.testing import FakeOpenAIServer, tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+WORK = CACHE / "work"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import os
+    import tempfile
+
+    from agentfly_min.testing.vllm_cpu import cpu_environment
+
+    os.environ.update(cpu_environment(WORK))
+    tempfile.tempdir = None
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    return tiny_model(CACHE)
 
 _RATIOS = pytest.StashKey[list[tuple[str, str]]]()
 

@@ -12,6 +12,19 @@ from agentfly_min.testing import FakeOpenAIServer, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"  # caches stay inside the build tree
+WORK = CACHE / "work"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # vLLM, torch and Ray read these when first imported: set them before any
+    # test imports them, so sockets, caches and temp files stay in the tree.
+    import os
+    import tempfile
+
+    from agentfly_min.testing.vllm_cpu import cpu_environment
+
+    os.environ.update(cpu_environment(WORK))
+    tempfile.tempdir = None  # re-read TMPDIR
 
 
 @pytest.fixture(params=["asyncio", "trio"])

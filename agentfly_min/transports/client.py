@@ -179,8 +179,13 @@ def _body(config: ClientConfig, model: str, request: Request) -> dict[str, Any]:
 
 
 def _extra_body(request: Request) -> dict[str, Any] | None:
-    # ignore_eos is a vLLM extension; only sent when asked for.
-    return {"ignore_eos": True} if request.ignore_eos else None
+    # vLLM extensions, only sent when asked for.
+    extra: dict[str, Any] = {}
+    if request.ignore_eos:
+        extra["ignore_eos"] = True
+    if request.regex is not None:
+        extra["structured_outputs"] = {"regex": request.regex}
+    return extra or None
 
 
 def _output(choice: _WireChoice) -> Output:

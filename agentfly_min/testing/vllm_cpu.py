@@ -1,0 +1,148 @@
+"""vLLM on a CPU-only machine: engine settings, environment, and a real
+OpenAI-compatible server on 127.0.0.1 as a child process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..configs import AsyncVLLMConfig
+
+__all__ = ["VLLMServer", "free_port", "cpu_environment", "cpu_engine_config"]
+
+
+def cpu_engine_config(max_model_len: int = 1024) -> AsyncVLLMConfig:
+    """Engine settings that run the tiny model on a 2-core CPU: bfloat16,
+    eager mode, a 128 MiB KV cache, one process for the model."""
+    return AsyncVLLMConfig(
+        dtype="bfloat16",
+        enforce_eager=True,
+        max_model_len=max_model_len,
+        max_num_seqs=64,
+        kv_cache_memory_bytes=128 << 20,
+        engine_args={"distributed_executor_backend": "uni"},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_environment(work_dir: Path) -> dict[str, str]:
+    """Environment for vLLM on a CPU-only machine with no model hub: queues on
+    loopback, no usage reports, temp files and caches under ``work_dir``."""
+    tmp = work_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {
+        "VLLM_HOST_IP": "127.0.0.1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "TMPDIR": str(tmp),
+        "VLLM_CACHE_ROOT": str(work_dir / "vllm"),
+    }
+
+
+class VLLMServer:
+    """``python -m vllm.entrypoints.openai.api_server`` for a model folder.
+
+    ``with VLLMServer(model, work_dir=...) as server:`` starts it, waits for
+    ``/health`` and stops it (the whole process group) on exit.
+    ``base_url`` is its ``/v1`` URL. Hermes tool-call parsing is on.
+    """
+
+    def __init__(
+        self,
+        model: Path | str,
+        *,
+        work_dir: Path,
+        max_model_len: int = 512,
+        kv_cache_bytes: int = 128 << 20,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 300.0,
+    ) -> None:
+        self.model = str(model)
+        self.port = free_port()
+        self._work_dir = work_dir
+        self._args = [
+            "--model", self.model,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--dtype", "bfloat16",
+            "--enforce-eager",
+            "--max-model-len", str(max_model_len),
+            "--kv-cache-memory-bytes", str(kv_cache_bytes),
+            "--enable-auto-tool-choice",
+            "--tool-call-parser", "hermes",
+            *extra_args,
+        ]  # fmt: skip
+        self._env = {**os.environ, **cpu_environment(work_dir), **(env or {})}
+        self._timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.log_path = work_dir / f"vllm-server-{self.port}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> VLLMServer:
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *self._args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+                start_new_session=True,  # its own process group, so stop() reaches its children
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"vLLM server exited with {self._proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(1.0)
+        raise TimeoutError(f"vLLM server not ready after {self._timeout:g} s; log: {self.log_path}")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        try:  # stragglers in its group (engine core, workers)
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass

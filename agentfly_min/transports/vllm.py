@@ -1,0 +1,270 @@
+"""The in-process vLLM transport (``vllm.AsyncLLMEngine`` / ``AsyncLLM``).
+
+The engine runs on an asyncio loop of its own thread (see ``_bridge``), so the
+same engine serves callers on asyncio and on trio, and one engine can outlive
+the event loops that use it (a test session, say). vLLM is imported lazily:
+this module imports, and type-checks, without vLLM installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import gc
+import itertools
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from ..configs import AsyncVLLMConfig
+from ..errors import ConfigError, PermanentError, TransportError
+from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
+from ._bridge import AsyncioThread
+
+__all__ = ["VLLMEngine", "open_vllm", "open_vllm_engine", "vllm_generate", "engine_args"]
+
+_FINISH: Mapping[str | None, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", None: "stop"}
+
+
+def _check_model(model: str | os.PathLike[str]) -> str:
+    path = Path(model).expanduser()
+    text = str(model)
+    looks_like_path = path.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ConfigError("model", f"{text} has no config.json: not a Hugging Face model folder")
+        return str(path)
+    if looks_like_path or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError("model", f"{text} does not exist (and the model hub is offline or it is not a hub id)")
+    return text  # an `org/name` hub id: vLLM fetches it
+
+
+def engine_args(config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> Any:
+    """The ``vllm.AsyncEngineArgs`` for ``config``; ``engine_args`` keys are
+    checked against vLLM's own list (a misspelt one is a :class:`ConfigError`
+    naming the closest real ones)."""
+    from vllm import AsyncEngineArgs
+
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    for key in config.engine_args:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"AsyncVLLMConfig.engine_args.{key}", f"not an argument of vllm.AsyncEngineArgs{hint}")
+    named: dict[str, Any] = {
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "pipeline_parallel_size": config.pipeline_parallel_size,
+        "data_parallel_size": config.data_parallel_size,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "dtype": config.dtype,
+        "enforce_eager": config.enforce_eager,
+        "seed": config.seed,
+        "trust_remote_code": config.trust_remote_code,
+    }
+    optional = {
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "kv_cache_memory_bytes": config.kv_cache_memory_bytes,
+        "enable_prefix_caching": config.enable_prefix_caching,
+    }
+    named.update({k: v for k, v in optional.items() if v is not None})
+    return AsyncEngineArgs(model=_check_model(model), **named, **config.engine_args)
+
+
+class VLLMEngine:
+    """A running vLLM async engine on its own asyncio thread.
+
+    Start with :meth:`start` (blocking; from async code use
+    :func:`open_vllm_engine`), stop with :meth:`close`. ``engine`` is vLLM's
+    ``AsyncLLM``: :meth:`run` runs a coroutine that uses it on the engine's
+    loop, for anything this library does not wrap.
+    """
+
+    def __init__(self, thread: AsyncioThread, engine: Any, tokenizer: Any, max_model_len: int) -> None:
+        self._thread = thread
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self._ids = itertools.count()
+        self._closed = False
+
+    @classmethod
+    def start(cls, config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> VLLMEngine:
+        """Build the engine (tens of seconds on CPU). Bad arguments raise
+        :class:`ConfigError` before anything starts."""
+        thread = AsyncioThread("agentfly-vllm")
+
+        async def build() -> Any:
+            # vLLM is first imported here, on the engine thread: its import
+            # machinery pins the importing frame (and so its callers' locals,
+            # the engine among them) for the life of the process.
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            return AsyncLLM.from_engine_args(engine_args(config, model))
+
+        try:
+            engine = thread.run_blocking(build())
+        except BaseException:
+            thread.stop()
+            raise
+        try:
+            tokenizer = engine.get_tokenizer()
+            max_len = int(engine.model_config.max_model_len)
+        except BaseException:
+            thread.call_blocking(engine.shutdown)
+            thread.stop()
+            raise
+        return cls(thread, engine, tokenizer, max_len)
+
+    def close(self) -> None:
+        """Shut the engine down (its engine-core process too) and stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._thread.call_blocking(self.engine.shutdown, timeout=120)
+        finally:
+            # Drop the engine on its own thread: AsyncLLM.__del__ shuts down
+            # again, which fails if it only runs at interpreter exit.
+            self._thread.call_blocking(self._forget)
+            self._thread.stop()
+
+    def _forget(self) -> None:
+        self.engine = None
+        gc.collect()  # AsyncLLM sits in reference cycles; collect it now, not at exit
+
+    def next_id(self, session: str | None) -> str:
+        # vLLM needs ids unique among requests in flight; a session id repeats.
+        return f"{session or 'req'}-{next(self._ids)}"
+
+    async def run(self, coroutine: Any) -> Any:
+        """Run a coroutine on the engine's loop and await it from any loop."""
+        return await self._thread.run(coroutine)
+
+    async def unfinished_requests(self) -> int:
+        """Requests the engine is still working on (0 once all are done or aborted)."""
+
+        async def count() -> int:
+            return int(self.engine.output_processor.get_num_unfinished_requests())
+
+        result: int = await self.run(count())
+        return result
+
+
+def _sampling_params(request: Request, prompt_len: int, max_model_len: int) -> Any:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    room = max_model_len - prompt_len
+    if room < 1:
+        raise PermanentError(f"the prompt has {prompt_len} tokens; the model's context is {max_model_len}")
+    max_tokens = request.max_new_tokens if request.max_new_tokens is not None else room
+    if max_tokens > room:
+        raise PermanentError(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_tokens}) exceeds the model's context ({max_model_len})"
+        )
+    return SamplingParams(
+        n=request.n,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        max_tokens=max_tokens,
+        stop=list(request.stop) or None,
+        seed=request.seed,
+        logprobs=0 if request.logprobs else None,
+        ignore_eos=request.ignore_eos,
+        logit_bias=dict(request.logit_bias) if request.logit_bias else None,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+        structured_outputs=StructuredOutputsParams(regex=request.regex) if request.regex is not None else None,
+    )
+
+
+def _prompt_ids(engine: VLLMEngine, request: Request) -> list[int]:
+    if request.prompt_ids is not None:
+        return list(request.prompt_ids)
+    # The model's own chat template, as vLLM's OpenAI server would use.
+    ids = engine.tokenizer.apply_chat_template(
+        msgspec.to_builtins(request.messages),
+        tools=msgspec.to_builtins(request.tools) or None,
+        add_generation_prompt=True,
+        tokenize=True,
+    )
+    if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def _output(choice: Any, with_logprobs: bool) -> Output:
+    ids = tuple(choice.token_ids)
+    logprobs = None
+    if with_logprobs and choice.logprobs is not None:
+        logprobs = tuple(step[token].logprob for token, step in zip(ids, choice.logprobs, strict=True))
+    return Output(
+        text=choice.text, finish_reason=_FINISH.get(choice.finish_reason, "stop"), token_ids=ids, logprobs=logprobs
+    )
+
+
+def vllm_generate(engine: VLLMEngine) -> Generate:
+    """The raw transport over a running engine: prompt ids in (rendered from
+    the messages with the model's chat template when the request has none),
+    sampled ids, text, logprobs and usage out. ``n > 1`` is sent as one
+    request (vLLM fans it out). Cancelling a call aborts it in the engine."""
+
+    async def on_engine_loop(prompt: list[int], params: Any, request_id: str) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        async for output in engine.engine.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id):
+            final = output
+        return final
+
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+    async def generate(request: Request) -> Completion:
+        prompt = _prompt_ids(engine, request)
+        params = _sampling_params(request, len(prompt), engine.max_model_len)
+        try:
+            final = await engine.run(on_engine_loop(prompt, params, engine.next_id(request.request_id)))
+        except ValueError as exc:  # vLLM's word for a request it will not take
+            raise PermanentError(f"vLLM refused the request: {exc}") from exc
+        except (EngineDeadError, EngineGenerateError) as exc:
+            raise PermanentError(f"vLLM engine failed: {exc}") from exc
+        if final is None:
+            raise TransportError("vLLM returned no output")
+        outputs = tuple(_output(choice, request.logprobs) for choice in final.outputs)
+        return Completion(
+            outputs=outputs,
+            usage=Usage(prompt_tokens=len(prompt), completion_tokens=sum(len(o.token_ids or ()) for o in outputs)),
+            prompt_ids=tuple(prompt),
+        )
+
+    return generate
+
+
+@asynccontextmanager
+async def open_vllm_engine(config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> AsyncIterator[VLLMEngine]:
+    """Start an engine without blocking the event loop; shut it down on exit,
+    cancellation included."""
+    with anyio.CancelScope(shield=True):  # a half-started engine must still be shut down
+        engine = await anyio.to_thread.run_sync(VLLMEngine.start, config, model)
+    try:
+        yield engine
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(engine.close)
+
+
+@asynccontextmanager
+async def open_vllm(
+    config: AsyncVLLMConfig, model: str | os.PathLike[str], *, middleware: Middleware | None = None
+) -> AsyncIterator[Generate]:
+    """Start a vLLM engine for ``model`` (a local folder or a hub id) and yield
+    a :data:`Generate` over it (wrapped in ``middleware`` if given); shut the
+    engine down on exit."""
+    async with open_vllm_engine(config, model) as engine:
+        raw = vllm_generate(engine)
+        yield middleware(raw) if middleware is not None else raw

@@ -1,0 +1,194 @@
+"""The in-process vLLM transport on a real vLLM CPU engine and the tiny model.
+
+One engine for the whole module (it takes ~30 s to start on 2 cores); it is
+shared by the asyncio and the trio runs of every test, and closed at the end,
+when the test also checks that its processes are gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from agentfly_min import (
+    Agent,
+    AsyncVLLMConfig,
+    Completion,
+    ConfigError,
+    Generate,
+    PermanentError,
+    Request,
+    rollout,
+)
+from agentfly_min.tools import calculator
+from agentfly_min.transports.vllm import VLLMEngine, open_vllm, vllm_generate
+
+from .support import says
+from .vllm_support import ENGINE_CONFIG, assert_gone, engine_children
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_path: Path) -> Iterator[VLLMEngine]:
+    started = VLLMEngine.start(ENGINE_CONFIG, tiny_model_path)
+    children = engine_children()
+    assert children, "the engine runs in a child process"
+    yield started
+    started.close()
+    assert_gone(children)
+
+
+@pytest.fixture
+def generate(engine: VLLMEngine) -> Generate:
+    return vllm_generate(engine)
+
+
+async def test_single_request_from_messages(generate: Generate, engine: VLLMEngine) -> None:
+    completion = await generate(Request(messages=says("hello"), max_new_tokens=12, ignore_eos=True))
+    (output,) = completion.outputs
+    assert output.token_ids is not None and len(output.token_ids) == 12
+    assert output.finish_reason == "length"
+    assert output.text == engine.tokenizer.decode(list(output.token_ids))
+    # The prompt was rendered with the model's chat template.
+    assert completion.prompt_ids is not None
+    expected = engine.tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True, tokenize=False)
+    assert engine.tokenizer.decode(list(completion.prompt_ids)) == expected
+    assert completion.usage.prompt_tokens == len(completion.prompt_ids) and completion.usage.completion_tokens == 12
+
+
+async def test_prompt_ids_and_logprobs(generate: Generate) -> None:
+    prompt = (1, 379, 201, 74, 75, 2, 201, 1, 570, 201)
+    completion = await generate(Request(prompt_ids=prompt, max_new_tokens=8, logprobs=True, ignore_eos=True, seed=3))
+    (output,) = completion.outputs
+    assert completion.prompt_ids == prompt
+    assert output.logprobs is not None and output.token_ids is not None
+    assert len(output.logprobs) == len(output.token_ids) == 8
+    assert all(lp <= 0.0 for lp in output.logprobs)
+    again = await generate(Request(prompt_ids=prompt, max_new_tokens=8, logprobs=True, ignore_eos=True, seed=3))
+    assert again.outputs[0].token_ids == output.token_ids  # a seed makes it repeatable
+
+
+async def test_n_samples_are_separate(generate: Generate) -> None:
+    completion = await generate(Request(messages=says("many"), n=4, max_new_tokens=16, ignore_eos=True))
+    assert len(completion.outputs) == 4
+    assert len({o.token_ids for o in completion.outputs}) > 1
+    assert completion.usage.completion_tokens == 64
+
+
+async def test_64_concurrent_requests_with_n4_finish(generate: Generate) -> None:
+    results: list[Completion] = []
+
+    async def one(i: int) -> None:
+        results.append(await generate(Request(prompt_ids=(1, 379, 201, 5 + i), n=4, max_new_tokens=16, ignore_eos=True)))
+
+    with anyio.fail_after(180):  # the old n>1 hang on the async engine would stop here
+        async with anyio.create_task_group() as tg:
+            for i in range(64):
+                tg.start_soon(one, i)
+    assert len(results) == 64
+    assert all(len(c.outputs) == 4 and all(len(o.token_ids or ()) == 16 for o in c.outputs) for c in results)
+
+
+async def test_stop_strings(generate: Generate) -> None:
+    base = Request(prompt_ids=(1, 379, 201, 74, 75), max_new_tokens=40, ignore_eos=True, seed=11)
+    free = (await generate(base)).outputs[0].text
+    stop = free[10:13]
+    assert stop and stop not in free[:10]
+    stopped = (await generate(msgspec.structs.replace(base, stop=(stop,)))).outputs[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free[: free.index(stop)]
+
+
+async def test_regex_constrains_the_output(generate: Generate) -> None:
+    pattern = r'<tool_call>\n\{"name": "calculator", "arguments": \{"expression": "[0-9]{1,2}\+[0-9]{1,2}"\}\}\n</tool_call>'
+    completion = await generate(Request(messages=says("add"), max_new_tokens=64, regex=pattern, seed=1))
+    import re
+
+    assert re.fullmatch(pattern, completion.outputs[0].text), completion.outputs[0].text
+
+
+async def test_cancelled_requests_are_aborted_in_the_engine(generate: Generate, engine: VLLMEngine) -> None:
+    async def long(i: int) -> None:
+        await generate(Request(prompt_ids=(1, 5 + i), max_new_tokens=400, ignore_eos=True))
+
+    for _ in range(3):
+        with anyio.move_on_after(0.3):
+            async with anyio.create_task_group() as tg:
+                for i in range(24):
+                    tg.start_soon(long, i)
+    with anyio.fail_after(10):
+        while await engine.unfinished_requests():
+            await anyio.sleep(0.05)
+    completion = await generate(Request(prompt_ids=(1, 379), max_new_tokens=8, ignore_eos=True))
+    assert len(completion.outputs[0].token_ids or ()) == 8
+
+
+async def test_prompt_longer_than_the_context_is_a_clear_error(generate: Generate) -> None:
+    with pytest.raises(PermanentError, match="context is 1024"):
+        await generate(Request(prompt_ids=tuple([201] * 1100), max_new_tokens=8))
+    with pytest.raises(PermanentError, match="exceeds the model's context"):
+        await generate(Request(prompt_ids=tuple([201] * 1000), max_new_tokens=100))
+
+
+async def test_agent_rollout_is_token_exact_over_the_engine(generate: Generate, engine: VLLMEngine) -> None:
+    """Several tasks x n chains through the agent loop: every masked-in token
+    is one the engine sampled, in order; observations are masked out."""
+    pattern = r'<tool_call>\n\{"name": "calculator", "arguments": \{"expression": "[1-9]\+[1-9]"\}\}\n</tool_call>'
+    sampled: dict[str, list[tuple[int, ...]]] = {}
+
+    def record(inner: Generate) -> Generate:
+        async def wrapped(request: Request) -> Completion:
+            # Force a tool call on the first turn (the model is random), then let it answer.
+            first = request.prompt_ids is not None and len(request.messages) == 1
+            forced = msgspec.structs.replace(request, regex=pattern) if first else request
+            completion = await inner(forced)
+            assert request.request_id is not None
+            sampled.setdefault(request.request_id, []).append(completion.outputs[0].token_ids or ())
+            return completion
+
+        return wrapped
+
+    agent = Agent(model_name_or_path=str(engine.tokenizer.name_or_path), tools=[calculator], max_turns=2, max_new_tokens=64, max_model_len=1024)
+    tasks = [{"id": f"t{i}", "question": f"What is {i}+{i}?", "answer": 2 * i} for i in range(3)]
+    trajectories = await rollout(agent, record(generate), tasks, n=2, tokenizer=engine.tokenizer)
+    assert len(trajectories) == 6
+    for t in trajectories:
+        assert t.error is None, t.error
+        assert t.token_level and t.num_turns == 2 and t.tool_calls == 1
+        assert len(t.response_ids) == len(t.response_mask) == len(t.response_logprobs)
+        masked_in = [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m == 1]
+        assert masked_in == [i for turn in sampled[t.request_id] for i in turn]
+        assert 0 in t.response_mask  # the tool observation is in, masked out
+        assert t.messages[2].role == "tool" and t.messages[2].content is not None
+        assert not t.messages[2].content.startswith("Error"), t.messages[2].content  # the forced call ran
+
+
+def test_missing_model_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    before = engine_children()
+    with pytest.raises(ConfigError, match="does not exist"):
+        VLLMEngine.start(ENGINE_CONFIG, tmp_path / "no-such-model")
+    with pytest.raises(ConfigError, match="no config.json"):
+        VLLMEngine.start(ENGINE_CONFIG, tmp_path)
+    assert engine_children() == before
+
+
+def test_unknown_engine_option_is_refused_with_a_suggestion(tiny_model_path: Path) -> None:
+    config = AsyncVLLMConfig(engine_args={"max_num_batched_token": 2048})
+    with pytest.raises(ConfigError, match="did you mean max_num_batched_tokens"):
+        VLLMEngine.start(config, tiny_model_path)
+
+
+async def test_open_vllm_refuses_bad_input_without_leaving_anything(tmp_path: Path) -> None:
+    before = engine_children()
+    with pytest.raises(ConfigError):
+        async with open_vllm(ENGINE_CONFIG, tmp_path / "missing"):
+            raise AssertionError("unreachable")
+    assert engine_children() == before
+
+

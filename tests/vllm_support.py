@@ -1,0 +1,43 @@
+"""Shared by the tests that run real engines: settings and process checks."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+
+from agentfly_min.testing.vllm_cpu import cpu_engine_config
+
+# What runs on a 2-core CPU machine (see shared/NOTES-vllm-cpu.md).
+ENGINE_CONFIG = cpu_engine_config()
+
+
+def engine_children() -> list[psutil.Process]:
+    """Our child processes that belong to an engine (not the multiprocessing
+    resource tracker, which lives as long as we do)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass
+        found.append(child)
+    return found
+
+
+def assert_gone(processes: list[psutil.Process], timeout: float = 30.0) -> None:
+    """Every process in ``processes`` has exited (zombies count as exited)."""
+    deadline = time.monotonic() + timeout
+    alive = processes
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        time.sleep(0.2)
+    assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}"
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
