@@ -39,8 +39,11 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     :class:`ClientConfig`, ``"async_verl"`` / :class:`AsyncVerlConfig`); with no
     config, the backend's defaults are used. ``max_turns`` bounds model turns
     per episode, ``max_new_tokens`` the tokens of one turn (None: the
-    transport's default) and ``max_model_len`` prompt plus response (None:
-    no budget kept here; the transport still refuses an overlong prompt).
+    transport's default), ``max_model_len`` prompt plus response and
+    ``max_response_tokens`` the response alone (sampled and spliced-in tokens,
+    as an RL trainer's ``response_length``); None keeps no budget here (the
+    transport still refuses an overlong prompt). Budgets apply when the
+    episode runs in tokens.
     """
 
     model_name_or_path: str
@@ -53,6 +56,7 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     max_turns: int = 4
     max_new_tokens: int | None = None
     max_model_len: int | None = None
+    max_response_tokens: int | None = None
     temperature: float | None = None
 
     def __post_init__(self) -> None:
@@ -60,6 +64,7 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
         require("Agent.max_turns", self.max_turns, Annotated[int, Meta(ge=1)])
         require("Agent.max_new_tokens", self.max_new_tokens, Annotated[int, Meta(ge=1)] | None)
         require("Agent.max_model_len", self.max_model_len, Annotated[int, Meta(ge=16)] | None)
+        require("Agent.max_response_tokens", self.max_response_tokens, Annotated[int, Meta(ge=1)] | None)
         require("Agent.temperature", self.temperature, Annotated[float, Meta(ge=0.0, le=2.0)] | None)
         require("Agent.template", self.template, TemplateName)
         require("Agent.backend", self.backend, Backend)

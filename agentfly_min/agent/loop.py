@@ -165,14 +165,29 @@ async def _run_tools(
 async def _reward(agent: Agent, trajectory: Trajectory, task: Task) -> Trajectory:
     if agent.reward_fn is None or trajectory.error is not None:
         return trajectory
+    start = anyio.current_time()
     try:
         value: Any = agent.reward_fn(trajectory, task)
         if inspect.isawaitable(value):
             value = await value
         reward = float(value)
     except Exception as exc:  # noqa: BLE001 - a reward is user code; its failure is recorded, not raised
-        return msgspec.structs.replace(trajectory, reward_error=f"{type(exc).__name__}: {exc}")
-    return msgspec.structs.replace(trajectory, reward=reward)
+        return msgspec.structs.replace(
+            trajectory, reward_error=f"{type(exc).__name__}: {exc}", reward_seconds=anyio.current_time() - start
+        )
+    return msgspec.structs.replace(trajectory, reward=reward, reward_seconds=anyio.current_time() - start)
+
+
+def _room(agent: Agent, tokens: _Tokens | None) -> int | None:
+    """Tokens the next turn may sample within the budgets, or None if unbounded."""
+    if tokens is None:
+        return None
+    limits = []
+    if agent.max_model_len is not None:
+        limits.append(agent.max_model_len - len(tokens.prompt_ids) - len(tokens.ids))
+    if agent.max_response_tokens is not None:
+        limits.append(agent.max_response_tokens - len(tokens.ids))
+    return min(limits) if limits else None
 
 
 async def run_agent(
@@ -222,6 +237,8 @@ async def run_agent(
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
             attempts=attempts,
             weight_versions=tuple(versions),
+            turn_seconds=tuple(turn_seconds),
+            tool_seconds=tool_seconds,
             **fields,
         )
 
@@ -230,6 +247,8 @@ async def run_agent(
     token_level_seen = False
     turns = tool_calls = tool_errors = prompt_tokens = completion_tokens = attempts = 0
     versions: list[int] = []
+    turn_seconds: list[float] = []
+    tool_seconds = 0.0
     try:
         messages = list(task_messages(task, agent.system_prompt))
         if tokenizer is not None:
@@ -240,8 +259,8 @@ async def run_agent(
     reason: EpisodeEnd = "max_turns"
     while turns < agent.max_turns:
         max_new = agent.max_new_tokens
-        if tokens is not None and agent.max_model_len is not None:
-            room = agent.max_model_len - len(tokens.context())
+        room = _room(agent, tokens)
+        if room is not None:
             if room < 1:
                 reason = "context"
                 break
@@ -255,10 +274,12 @@ async def run_agent(
             logprobs=tokens is not None,
             request_id=session,
         )
+        started = anyio.current_time()
         try:
             completion: Completion = await generate(request)
         except TransportError as exc:
             return await _reward(agent, finish("error", error=f"{type(exc).__name__}: {exc}"), task)
+        turn_seconds.append(anyio.current_time() - started)
         turns += 1
         attempts += completion.attempts
         prompt_tokens += completion.usage.prompt_tokens
@@ -277,7 +298,9 @@ async def run_agent(
         if turns >= agent.max_turns:
             reason = "max_turns"
             break
+        started = anyio.current_time()
         results, failed = await _run_tools(tools, calls, parse_errors)
+        tool_seconds += anyio.current_time() - started
         tool_calls += len(calls)
         tool_errors += failed
         messages.extend(results)

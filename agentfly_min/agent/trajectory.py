@@ -33,6 +33,10 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     ``reward_error`` when the reward function raised. ``tool_errors`` counts
     tool calls that failed (bad arguments, unknown tool, a raising or
     overrunning tool); the model was told and the episode went on.
+    ``weight_versions`` are the policy versions that sampled each turn (verl's
+    ``global_steps``), when the transport knows them. ``turn_seconds`` is the
+    wall time of each model call, ``tool_seconds`` and ``reward_seconds`` the
+    time spent in tools and in the reward.
     """
 
     task_id: str
@@ -55,6 +59,9 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     usage: Usage = Usage()
     attempts: int = 0
     weight_versions: tuple[int, ...] = ()
+    turn_seconds: tuple[float, ...] = ()
+    tool_seconds: float = 0.0
+    reward_seconds: float = 0.0
 
     def final_text(self) -> str | None:
         """The content of the last assistant message, if any."""

@@ -1,0 +1,167 @@
+"""verl's real rollout stack on one CPU machine: a local Ray, verl's own vLLM
+server actor (``vLLMHttpServer``) hosting a vLLM CPU engine, verl's load
+balancer, and verl's ``LLMServerClient`` in front of it.
+
+verl's ``vLLMReplica`` asks Ray for GPUs, so the server actor is made
+directly, with the settings that run on CPU. Everything listens on
+127.0.0.1; Ray's files go under ``work_dir``. Needs the ``verl`` and ``vllm``
+extras.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .vllm_cpu import cpu_environment
+
+__all__ = ["VerlCluster"]
+
+
+def _recording_balancer() -> type:
+    """verl's default balancer, also keeping a log of (request id, server id)
+    for every acquisition, so a test can see where each turn went."""
+    from verl.workers.rollout.router import GlobalRequestLoadBalancer
+
+    class RecordingLoadBalancer(GlobalRequestLoadBalancer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.routing: list[tuple[str, str]] = []
+
+        def acquire_server(self, request_id: str) -> tuple[str, Any]:
+            server_id, handle = super().acquire_server(request_id)
+            self.routing.append((request_id, server_id))
+            return server_id, handle
+
+        def routing_log(self) -> list[tuple[str, str]]:
+            return list(self.routing)
+
+    return RecordingLoadBalancer
+
+
+class VerlCluster:
+    """``with VerlCluster(model, work_dir=...) as cluster:`` starts Ray and one
+    verl vLLM server, and gives ``cluster.client`` (verl's
+    ``LLMServerClient``). ``aliases`` registers the one server under that many
+    ids with the balancer (so sticky routing is observable without a second
+    engine on two cores). On exit the actor is killed and Ray shut down.
+    """
+
+    def __init__(
+        self,
+        model: Path | str,
+        *,
+        work_dir: Path,
+        aliases: int = 1,
+        max_model_len: int = 1024,
+        prompt_length: int = 512,
+        response_length: int = 512,
+        kv_cache_bytes: int = 128 << 20,
+    ) -> None:
+        self.model = str(model)
+        self._work_dir = work_dir
+        self._aliases = aliases
+        self.max_model_len = max_model_len
+        self.prompt_length = prompt_length
+        self.response_length = response_length
+        self._kv_cache_bytes = kv_cache_bytes
+        self.server: Any = None
+        self.balancer: Any = None
+        self.client: Any = None
+
+    def __enter__(self) -> VerlCluster:
+        import ray
+
+        env = cpu_environment(self._work_dir)
+        # Ray replaces a loopback node address with the host's unless told this.
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        os.environ.update(env)
+        ray_dir = self._work_dir / "ray"
+        ray_dir.mkdir(parents=True, exist_ok=True)
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False)
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        import ray
+        from omegaconf import OmegaConf
+        from verl.workers.config.model import HFModelConfig
+        from verl.workers.config.rollout import RolloutConfig
+        from verl.workers.rollout.llm_server import LLMServerClient
+        from verl.workers.rollout.replica import RolloutMode
+        from verl.workers.rollout.router import get_router_handle
+        from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer
+
+        config = RolloutConfig(
+            name="vllm",
+            nnodes=1,
+            n_gpus_per_node=1,
+            tensor_model_parallel_size=1,
+            load_format="auto",  # real weights from the folder, not "dummy"
+            enforce_eager=True,
+            enable_sleep_mode=False,  # not supported on CPU
+            max_model_len=self.max_model_len,
+            prompt_length=self.prompt_length,
+            response_length=self.response_length,
+            max_num_seqs=64,
+            max_num_batched_tokens=2048,
+            engine_kwargs={"vllm": {"kv_cache_memory_bytes": self._kv_cache_bytes}},
+        )
+        actor = ray.remote(vLLMHttpServer).options(name="vllm_server_0_0", max_concurrency=1000, num_cpus=0)
+        self.server = actor.remote(
+            config=config,
+            model_config=HFModelConfig(path=self.model),
+            rollout_mode=RolloutMode.STANDALONE,
+            workers=[],
+            replica_rank=0,
+            node_rank=0,
+            gpus_per_node=1,
+            nnodes=1,
+            cuda_visible_devices="",
+        )
+        ray.get(self.server.launch_server.remote())
+        host, port = ray.get(self.server.get_server_address.remote())
+        servers = {f"{host}:{port}#{k}": self.server for k in range(self._aliases)}
+        self.balancer = get_router_handle(servers=servers, load_balancer_cls=_recording_balancer())
+        self.client = LLMServerClient(
+            config=OmegaConf.create({"actor_rollout_ref": {"rollout": {"name": "vllm", "full_determinism": False}}}),
+            load_balancer_handle=self.balancer,
+        )
+
+    def routing_log(self) -> list[tuple[str, str]]:
+        """Every (request id, server id) the balancer handed out so far."""
+        import ray
+
+        log: list[tuple[str, str]] = [(str(a), str(b)) for a, b in ray.get(self.balancer.routing_log.remote())]
+        return log
+
+    def inflight(self) -> int:
+        """Requests the balancer counts as in flight."""
+        import ray
+
+        count: int = ray.get(self.balancer.get_total_inflight.remote())
+        return count
+
+    def call(self, method: str, *args: Any) -> Any:
+        """Call a method of verl's server actor and wait (e.g.
+        ``abort_all_requests``, ``resume_generation``, ``set_global_steps``)."""
+        import ray
+
+        return ray.get(getattr(self.server, method).remote(*args))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        import ray
+
+        if self.server is not None:
+            ray.kill(self.server)
+            self.server = None
+        self.balancer = self.client = None
+        ray.shutdown()
