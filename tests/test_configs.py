@@ -118,3 +118,12 @@ def test_configs_are_frozen() -> None:
     config = ClientConfig()
     with pytest.raises(AttributeError):
         config.timeout = 3  # type: ignore[misc]
+
+
+def test_open_backend_refuses_a_transport_without_what_it_needs() -> None:
+    from agentfly_min import open_backend
+
+    with pytest.raises(ConfigError, match="needs the model path"):
+        open_backend(AsyncVLLMConfig())  # type: ignore[call-overload]
+    with pytest.raises(ConfigError, match="needs verl's `server` client and the `tokenizer`"):
+        open_backend(AsyncVerlConfig())  # type: ignore[call-overload]

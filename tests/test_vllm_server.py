@@ -110,8 +110,9 @@ async def test_default_middleware_stack_in_front(server: VLLMServer) -> None:
 
 
 async def test_agent_loop_over_the_server(server: VLLMServer) -> None:
-    agent = Agent(model_name_or_path=server.model, backend="client", backend_config=config(server), max_turns=1, max_new_tokens=12)
-    async with open_backend(agent.config) as generate:
+    client = config(server)
+    agent = Agent(model_name_or_path=server.model, backend="client", backend_config=client, max_turns=1, max_new_tokens=12)
+    async with open_backend(client) as generate:
         trajectories = await rollout(agent, generate, [{"question": "hi"}, {"question": "bye"}], n=2)
     assert len(trajectories) == 4
     for t in trajectories:

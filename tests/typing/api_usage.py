@@ -77,3 +77,28 @@ def handle(error: af.TransportError) -> float | None:
 
 loaded: ClientConfig = af.decode_config(b"timeout = 3", ClientConfig)
 encoded: bytes = af.encode_config(loaded)
+
+
+async def with_local_engine(path: str) -> int:
+    async with open_backend(vllm_config, model=path) as generate:
+        completion = await generate(Request(prompt_ids=(1, 2, 3), max_new_tokens=4, logprobs=True))
+        return len(completion.outputs[0].token_ids or ())
+
+
+async def episode(agent: af.Agent, generate: Generate) -> float | None:
+    trajectory: af.Trajectory = await af.run_agent(agent, generate, {"question": "2+2?", "answer": 4})
+    many: list[af.Trajectory] = await af.rollout(agent, generate, [{"question": "q"}], n=4, concurrency=8)
+    return trajectory.reward if many else None
+
+
+@af.tool
+def lookup(key: str) -> str:
+    """Look a key up.
+
+    Args:
+        key: The key.
+    """
+    return key
+
+
+math_agent = af.Agent(model_name_or_path="m", tools=[lookup], max_turns=3, backend="client", backend_config=seed_config)
