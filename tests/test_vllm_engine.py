@@ -36,8 +36,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_path: Path) -> Iterator[VLLMEngine]:
+    before = {p.pid for p in engine_children()}  # e.g. the session's fake OpenAI server
     started = VLLMEngine.start(ENGINE_CONFIG, tiny_model_path)
-    children = engine_children()
+    children = [p for p in engine_children() if p.pid not in before]
     assert children, "the engine runs in a child process"
     yield started
     started.close()
