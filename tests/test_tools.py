@@ -14,7 +14,7 @@ from msgspec import Meta
 
 from agentfly_min import ConfigError, Tool, tool
 from agentfly_min.tools import ToolError, calculator
-from agentfly_min.tools.calculator import MAX_DIGITS, evaluate
+from agentfly_min.tools.arithmetic import MAX_DIGITS, evaluate
 
 
 @tool

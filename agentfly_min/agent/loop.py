@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -318,9 +318,11 @@ async def rollout(
     concurrency: int | None = None,
     tokenizer: Tokenizer | None = None,
     progress: Progress | None = None,
+    skip: Container[tuple[str, int]] = (),
 ) -> list[Trajectory]:
     """Run ``n`` chains of ``agent`` on every task; return every trajectory,
-    ordered by task then chain.
+    ordered by task then chain. Chains named in ``skip`` as ``(task id,
+    chain index)`` (already done, say) are not run and not returned.
 
     Chains of one task share ``group_id`` (the task's ``id``, else its index)
     for group-relative advantages. At most ``concurrency`` chains run at once.
@@ -329,27 +331,32 @@ async def rollout(
     """
     if n < 1:
         raise ValueError(f"rollout needs n >= 1, got {n}")
-    total = len(tasks) * n
+    todo = [
+        (index, task, chain_index)
+        for index, task in enumerate(tasks)
+        for chain_index in range(n)
+        if (str(task.get("id", index)), chain_index) not in skip
+    ]
+    total = len(todo)
     results: list[Trajectory | None] = [None] * total
     if concurrency is not None and concurrency < 1:
         raise ValueError(f"rollout needs concurrency >= 1, got {concurrency}")
     limit = anyio.Semaphore(concurrency if concurrency is not None else max(total, 1))
     done = 0
 
-    async def chain(index: int, task: Task, chain_index: int) -> None:
+    async def chain(slot: int, index: int, task: Task, chain_index: int) -> None:
         nonlocal done
         ident = str(task.get("id", index))
         async with limit:
             trajectory = await run_agent(agent, generate, task, tokenizer=tokenizer, task_id=ident, chain_index=chain_index)
-        results[index * n + chain_index] = trajectory
+        results[slot] = trajectory
         done += 1
         if progress is not None:
             progress(done, total, trajectory)
 
     async with anyio.create_task_group() as tg:
-        for index, task in enumerate(tasks):
-            for chain_index in range(n):
-                tg.start_soon(chain, index, task, chain_index)
+        for slot, (index, task, chain_index) in enumerate(todo):
+            tg.start_soon(chain, slot, index, task, chain_index)
     finished = [t for t in results if t is not None]
     assert len(finished) == total  # every chain stores its trajectory or the group raised
     return finished

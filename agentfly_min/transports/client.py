@@ -26,7 +26,6 @@ from ..records import (
     FinishReason,
     FunctionCall,
     Generate,
-    Message,
     Middleware,
     NamedToolChoice,
     Output,

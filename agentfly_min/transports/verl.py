@@ -20,12 +20,12 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import anyio
-import msgspec
 
 from ..configs import AsyncVerlConfig
 from ..errors import PermanentError, TransientError
 from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread
+from ._chat import prompt_ids
 
 __all__ = ["VerlServer", "VerlTokenOutput", "VerlTokenizer", "open_verl", "verl_generate"]
 
@@ -55,20 +55,6 @@ class VerlTokenizer(Protocol):
     def decode(self, token_ids: list[int], /, *, skip_special_tokens: bool) -> str: ...
 
     def apply_chat_template(self, conversation: Any, /, **kwargs: Any) -> Any: ...
-
-
-def _prompt_ids(tokenizer: VerlTokenizer, request: Request) -> list[int]:
-    if request.prompt_ids is not None:
-        return list(request.prompt_ids)
-    ids = tokenizer.apply_chat_template(
-        msgspec.to_builtins(request.messages),
-        tools=msgspec.to_builtins(request.tools) or None,
-        add_generation_prompt=True,
-        tokenize=True,
-    )
-    if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids)
 
 
 def _sampling(config: AsyncVerlConfig, base: Mapping[str, Any], request: Request, max_tokens: int) -> dict[str, Any]:
@@ -168,7 +154,7 @@ def verl_generate(
         return output, version
 
     async def generate(request: Request) -> Completion:
-        prompt = _prompt_ids(tokenizer, request)
+        prompt = prompt_ids(tokenizer, request)
         max_tokens = request.max_new_tokens if request.max_new_tokens is not None else config.max_new_tokens
         request_id = request.request_id or f"agentfly-{id(request):x}"
         results: list[tuple[Output, int | None] | None] = [None] * request.n

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 
 from ..configs import AsyncVLLMConfig
 from ..errors import ConfigError, PermanentError, TransportError
 from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread
+from ._chat import prompt_ids
 
 __all__ = ["VLLMEngine", "open_vllm", "open_vllm_engine", "vllm_generate", "engine_args"]
 
@@ -183,21 +183,6 @@ def _sampling_params(request: Request, prompt_len: int, max_model_len: int) -> A
     )
 
 
-def _prompt_ids(engine: VLLMEngine, request: Request) -> list[int]:
-    if request.prompt_ids is not None:
-        return list(request.prompt_ids)
-    # The model's own chat template, as vLLM's OpenAI server would use.
-    ids = engine.tokenizer.apply_chat_template(
-        msgspec.to_builtins(request.messages),
-        tools=msgspec.to_builtins(request.tools) or None,
-        add_generation_prompt=True,
-        tokenize=True,
-    )
-    if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids)
-
-
 def _output(choice: Any, with_logprobs: bool) -> Output:
     ids = tuple(choice.token_ids)
     logprobs = None
@@ -225,7 +210,7 @@ def vllm_generate(engine: VLLMEngine) -> Generate:
     from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
     async def generate(request: Request) -> Completion:
-        prompt = _prompt_ids(engine, request)
+        prompt = prompt_ids(engine.tokenizer, request)
         params = _sampling_params(request, len(prompt), engine.max_model_len)
         try:
             final = await engine.run(on_engine_loop(prompt, params, engine.next_id(request.request_id)))

@@ -1,0 +1,239 @@
+"""Running the bench: start each transport's resources, run the workload
+through ours and the raw counterpart at each concurrency, shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import statistics
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import msgspec
+
+from ..configs import AsyncVerlConfig, ClientConfig
+from ..transports.client import open_client
+from ..transports.verl import open_verl
+from ..transports.vllm import VLLMEngine, vllm_generate
+from .raw import openai_raw_step, verl_raw_step, vllm_raw_step
+from .report import BenchReport, RunResult, TransportName, environment
+from .workload import RunStats, Workload, generate_step, run_workload
+
+__all__ = ["BenchOptions", "run_bench", "MemorySampler"]
+
+
+class BenchOptions(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    random_weights: bool
+    transports: tuple[TransportName, ...]
+    workload: Workload
+    concurrency_levels: tuple[int, ...]
+    loop: Literal["asyncio", "trio"]
+    work_dir: str
+    repeat: int = 3
+
+
+class MemorySampler:
+    """Peak resident memory of this process and all its children (engine
+    cores, Ray workers, servers), sampled on a thread every 0.2 s."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        import psutil
+
+        total = 0
+        for p in [self._process, *self._process.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+Runner = Callable[[Workload, Callable[[], None]], RunStats]
+
+
+@contextmanager
+def _vllm(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
+    from ..testing.vllm_cpu import cpu_engine_config
+
+    engine = VLLMEngine.start(cpu_engine_config(), options.model)
+    try:
+
+        def ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
+            step = generate_step(vllm_generate(engine), token_level=True)
+            return anyio.run(lambda: run_workload(step, workload, tokenizer, on_chain=tick), backend=options.loop)
+
+        def raw(workload: Workload, tick: Callable[[], None]) -> RunStats:
+            # On the engine's own loop: the engine used directly, no bridge.
+            return engine._thread.run_blocking(run_workload(vllm_raw_step(engine), workload, tokenizer, on_chain=tick))
+
+        yield ours, raw
+    finally:
+        engine.close()
+
+
+@contextmanager
+def _client(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
+    import openai
+
+    from ..testing.vllm_cpu import VLLMServer
+
+    with VLLMServer(options.model, work_dir=Path(options.work_dir), max_model_len=1024) as server:
+        config = ClientConfig(base_url=server.base_url, model=server.model, timeout=300)
+
+        async def run_ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
+            async with open_client(config) as generate:
+                return await run_workload(generate_step(generate, token_level=False), workload, tokenizer, on_chain=tick)
+
+        async def run_raw(workload: Workload, tick: Callable[[], None]) -> RunStats:
+            async with openai.AsyncOpenAI(base_url=server.base_url, api_key="EMPTY", timeout=300) as client:
+                return await run_workload(openai_raw_step(client, server.model), workload, tokenizer, on_chain=tick)
+
+        yield (
+            lambda w, t: anyio.run(run_ours, w, t, backend=options.loop),
+            lambda w, t: asyncio.run(run_raw(w, t)),
+        )
+
+
+@contextmanager
+def _verl(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
+    from ..testing.verl_cpu import VerlCluster
+
+    with VerlCluster(options.model, work_dir=Path(options.work_dir)) as cluster:
+
+        async def run_ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
+            async with open_verl(AsyncVerlConfig(), cluster.client, tokenizer) as generate:
+                return await run_workload(generate_step(generate, token_level=True), workload, tokenizer, on_chain=tick)
+
+        yield (
+            lambda w, t: anyio.run(run_ours, w, t, backend=options.loop),
+            lambda w, t: asyncio.run(run_workload(verl_raw_step(cluster.client, tokenizer), w, tokenizer, on_chain=t)),
+        )
+
+
+_STARTERS = {"vllm": _vllm, "client": _client, "verl": _verl}
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def _pooled(runs: list[RunStats]) -> RunStats:
+    return RunStats(
+        seconds=sum(r.seconds for r in runs),
+        tokens=sum(r.tokens for r in runs),
+        trajectories=sum(r.trajectories for r in runs),
+        turn_latencies=tuple(t for r in runs for t in r.turn_latencies),
+        errors=sum(r.errors for r in runs),
+    )
+
+
+def _result(
+    name: TransportName, loop: Literal["asyncio", "trio"], level: int, mine: list[RunStats], theirs: list[RunStats], peak: int
+) -> RunResult:
+    ours_tps = statistics.median(r.tokens_per_s for r in mine)
+    raw_tps = statistics.median(r.tokens_per_s for r in theirs)
+    ours_all, raw_all = _pooled(mine), _pooled(theirs)
+    return RunResult(
+        transport=name,
+        loop=loop,
+        concurrency=level,
+        tokens=ours_all.tokens,
+        seconds=ours_all.seconds,
+        tokens_per_s=ours_tps,
+        trajectories_per_s=statistics.median(r.trajectories_per_s for r in mine),
+        p50_turn_ms=_ms(ours_all.latency(0.5)),
+        p99_turn_ms=_ms(ours_all.latency(0.99)),
+        peak_memory_mb=peak / 2**20,
+        raw_tokens_per_s=raw_tps,
+        raw_p99_turn_ms=_ms(raw_all.latency(0.99)),
+        ratio_to_raw=ours_tps / raw_tps if raw_tps else 0.0,
+        errors=ours_all.errors,
+    )
+
+
+def run_bench(
+    options: BenchOptions,
+    *,
+    on_result: Callable[[BenchReport], None],
+    progress: Callable[[str, int], Callable[[], None]],
+    failures: dict[str, str],
+) -> None:
+    """Run the bench; ``on_result`` gets the report so far after every
+    measurement (so an interrupted run still has everything finished),
+    ``progress(label, total)`` returns the tick for one run's chains, and a
+    transport that fails to start is recorded in ``failures``."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(options.model)
+    results: list[RunResult] = []
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    env = environment()
+
+    def report() -> BenchReport:
+        return BenchReport(
+            started_at=started_at,
+            model=options.model,
+            random_weights=options.random_weights,
+            workload=options.workload,
+            transports=list(options.transports),
+            loop=options.loop,
+            concurrency_levels=list(options.concurrency_levels),
+            repeat=options.repeat,
+            environment=env,
+            results=list(results),
+            failures=dict(failures),
+        )
+
+    chains = options.workload.tasks * options.workload.chains
+    for name in options.transports:
+        try:
+            with _STARTERS[name](options, tokenizer) as (ours, raw):
+                for level in options.concurrency_levels:
+                    workload = msgspec.structs.replace(options.workload, concurrency=level)
+                    # Untimed, one turn per chain through both: the first
+                    # batches of a new shape pay one-time costs (kernel set-up,
+                    # the first Ray calls) that would land on whoever goes first.
+                    warm = msgspec.structs.replace(workload, turns=1)
+                    ours(warm, progress(f"{name} x{level} warm-up", chains))
+                    raw(warm, progress(f"{name} x{level} warm-up raw", chains))
+                    # Alternate ours and raw, `repeat` times, and keep medians:
+                    # on two cores one run is noisy, and order effects cancel.
+                    mine: list[RunStats] = []
+                    theirs: list[RunStats] = []
+                    with MemorySampler() as memory:
+                        for round_ in range(options.repeat):
+                            mine.append(ours(workload, progress(f"{name} x{level} agentfly_min #{round_ + 1}", chains)))
+                            theirs.append(raw(workload, progress(f"{name} x{level} raw #{round_ + 1}", chains)))
+                    results.append(_result(name, options.loop, level, mine, theirs, memory.peak))
+                    on_result(report())
+        except (ImportError, RuntimeError, TimeoutError, OSError, ValueError) as exc:
+            # A transport that cannot start here (say, no verl) does not stop the others.
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            on_result(report())

@@ -1,0 +1,71 @@
+"""The bench's workload, statistics, table and chart, on a scripted transport."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from agentfly_min import Completion, Output, Request, Usage
+from agentfly_min.bench import BenchReport, Environment, RunResult, Workload, render_chart, render_table
+from agentfly_min.bench.workload import OBSERVATION, RunStats, generate_step, run_workload
+
+
+@pytest.mark.anyio
+async def test_workload_runs_every_chain_turn_and_splices_observations(tokenizer: Any) -> None:
+    requests: list[Request] = []
+    in_flight = peak = 0
+
+    async def generate(request: Request) -> Completion:
+        nonlocal in_flight, peak
+        requests.append(request)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await anyio.sleep(0.001)
+        in_flight -= 1
+        ids = tuple(range(100, 100 + (request.max_new_tokens or 0)))
+        return Completion(outputs=(Output(text="x", finish_reason="length", token_ids=ids),), usage=Usage(completion_tokens=len(ids)))
+
+    workload = Workload(tasks=3, chains=2, turns=3, new_tokens=5, concurrency=2)
+    ticks: list[int] = []
+    stats = await run_workload(generate_step(generate, token_level=True), workload, tokenizer, on_chain=lambda: ticks.append(1))
+    assert stats.tokens == 3 * 2 * 3 * 5 and stats.trajectories == 6 and len(ticks) == 6
+    assert len(stats.turn_latencies) == 18 and peak == 2
+    assert all(r.ignore_eos and r.max_new_tokens == 5 for r in requests)
+    last_turns = [r for r in requests if len(r.messages) == 5]
+    assert last_turns, "third turns carry two assistant turns and two observations"
+    for request in last_turns:
+        assert [m.role for m in request.messages] == ["user", "assistant", "tool", "assistant", "tool"]
+        assert request.messages[2].content == OBSERVATION
+        assert request.prompt_ids is not None and request.prompt_ids.count(100) == 2  # both sampled turns are in
+
+
+def test_latency_quantiles() -> None:
+    stats = RunStats(seconds=2.0, tokens=100, trajectories=4, turn_latencies=tuple(i / 100 for i in range(1, 101)))
+    assert stats.tokens_per_s == 50 and stats.trajectories_per_s == 2
+    assert stats.latency(0.5) == pytest.approx(0.5, abs=0.011)
+    assert stats.latency(0.99) == pytest.approx(0.99, abs=0.011)
+
+
+def test_table_and_chart(tmp_path: Path) -> None:
+    rows = [
+        RunResult(transport=t, loop="asyncio", concurrency=c, tokens=100, seconds=1.0, tokens_per_s=100.0 * c,
+                  trajectories_per_s=1.0, p50_turn_ms=10.0, p99_turn_ms=20.0 * c, peak_memory_mb=900.0,
+                  raw_tokens_per_s=110.0 * c, raw_p99_turn_ms=18.0 * c, ratio_to_raw=0.91)
+        for t in ("vllm", "client") for c in (1, 4)
+    ]  # fmt: skip
+    report = BenchReport(
+        started_at="2026-11-27T00:00:00+00:00", model="tiny", random_weights=True, workload=Workload(), transports=["vllm", "client"],
+        loop="asyncio", concurrency_levels=[1, 4], results=rows,
+        environment=Environment(python="3.11", platform="linux", cpu="cpu", cores=2, gpu="none", packages={}),
+    )  # fmt: skip
+    render_chart(report, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render_table(report))
+    text = console.export_text()
+    assert "0.91x" in text and "vllm" in text and "client" in text
