@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -103,16 +105,32 @@ def bench(args: argparse.Namespace) -> int:
     latest: list[BenchReport] = []
     failures: dict[str, str] = {}
     interrupted = False
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+    stop = threading.Event()
 
-        def progress(label: str, total: int) -> Callable[[], None]:
-            task = bar.add_task(label, total=total)
-            return lambda: bar.advance(task)
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            signal.default_int_handler(signum, frame)  # a second Ctrl-C stops at once
+        stop.set()
+        console.print("[yellow]Stopping after the current measurement (Ctrl-C again to stop now)...")
 
-        try:
-            run_bench(options, on_result=lambda r: latest.append(r), progress=progress, failures=failures)
-        except KeyboardInterrupt:
-            interrupted = True
+    def keep(report: BenchReport) -> None:
+        latest.append(report)  # written as it grows, so even a killed run leaves its figures
+        (out / "bench.json").write_bytes(msgspec.json.format(msgspec.json.encode(report)))
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+
+            def progress(label: str, total: int) -> Callable[[], None]:
+                task = bar.add_task(label, total=total)
+                return lambda: bar.advance(task)
+
+            try:
+                run_bench(options, on_result=keep, progress=progress, failures=failures, should_stop=stop.is_set)
+            except KeyboardInterrupt:
+                interrupted = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if not latest:
         console.print("[red]Interrupted before anything was measured." if interrupted else "[red]Nothing was measured.")
         return 130 if interrupted else 1

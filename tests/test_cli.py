@@ -138,3 +138,31 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "random weights: this measures the transports, not model quality" in result.stdout
     assert "vs raw" in result.stdout and "tokens/s" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_interrupted_leaves_a_clean_summary_and_nothing_running(tmp_path: Path) -> None:
+    import psutil
+
+    from .vllm_support import assert_gone
+
+    args = [
+        sys.executable, "-m", "agentfly_min", "bench", "--transports", "vllm,client", "--tasks", "2", "--chains", "2",
+        "--turns", "2", "--new-tokens", "8", "--concurrency", "1,2,4", "--repeat", "2",
+        "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    report_path = tmp_path / "bench.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not report_path.exists():
+        time.sleep(0.2)  # the report is written after every measurement
+    assert report_path.exists(), "no measurement finished"
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Interrupted: the table and files hold what finished." in stderr
+    report = msgspec.json.decode(report_path.read_bytes(), type=BenchReport)
+    assert report.interrupted and 1 <= len(report.results) < 6
+    assert "vs raw" in stdout  # the table of what finished
+    assert_gone(children, timeout=60)

@@ -184,11 +184,14 @@ def run_bench(
     on_result: Callable[[BenchReport], None],
     progress: Callable[[str, int], Callable[[], None]],
     failures: dict[str, str],
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Run the bench; ``on_result`` gets the report so far after every
     measurement (so an interrupted run still has everything finished),
     ``progress(label, total)`` returns the tick for one run's chains, and a
-    transport that fails to start is recorded in ``failures``."""
+    transport that fails to start is recorded in ``failures``. When
+    ``should_stop()`` turns true, the run ends after the current measurement
+    with :class:`KeyboardInterrupt`, everything shut down on the way out."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(options.model)
@@ -216,6 +219,8 @@ def run_bench(
         try:
             with _STARTERS[name](options, tokenizer) as (ours, raw):
                 for level in options.concurrency_levels:
+                    if should_stop():
+                        raise KeyboardInterrupt
                     workload = msgspec.structs.replace(options.workload, concurrency=level)
                     # Untimed, one turn per chain through both: the first
                     # batches of a new shape pay one-time costs (kernel set-up,
@@ -229,6 +234,8 @@ def run_bench(
                     theirs: list[RunStats] = []
                     with MemorySampler() as memory:
                         for round_ in range(options.repeat):
+                            if should_stop():
+                                raise KeyboardInterrupt
                             mine.append(ours(workload, progress(f"{name} x{level} agentfly_min #{round_ + 1}", chains)))
                             theirs.append(raw(workload, progress(f"{name} x{level} raw #{round_ + 1}", chains)))
                     results.append(_result(name, options.loop, level, mine, theirs, memory.peak))
