@@ -38,7 +38,6 @@ def _prepare_environment(work_dir: Path) -> None:
     from .testing.vllm_cpu import cpu_environment
 
     os.environ.update(cpu_environment(work_dir))
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the table readable
     tempfile.tempdir = None
 

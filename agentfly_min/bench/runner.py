@@ -91,7 +91,7 @@ def _vllm(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runne
 
         def raw(workload: Workload, tick: Callable[[], None]) -> RunStats:
             # On the engine's own loop: the engine used directly, no bridge.
-            return engine._thread.run_blocking(run_workload(vllm_raw_step(engine), workload, tokenizer, on_chain=tick))
+            return engine.run_blocking(run_workload(vllm_raw_step(engine), workload, tokenizer, on_chain=tick))
 
         yield ours, raw
     finally:

@@ -73,10 +73,7 @@ class VerlCluster:
     def __enter__(self) -> VerlCluster:
         import ray
 
-        env = cpu_environment(self._work_dir)
-        # Ray replaces a loopback node address with the host's unless told this.
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        os.environ.update(env)
+        os.environ.update(cpu_environment(self._work_dir))
         ray_dir = self._work_dir / "ray"
         ray_dir.mkdir(parents=True, exist_ok=True)
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False)

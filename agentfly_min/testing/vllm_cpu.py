@@ -39,8 +39,9 @@ def free_port() -> int:
 
 
 def cpu_environment(work_dir: Path) -> dict[str, str]:
-    """Environment for vLLM on a CPU-only machine with no model hub: queues on
-    loopback, no usage reports, temp files and caches under ``work_dir``."""
+    """Environment for vLLM (and Ray) on a CPU-only machine with no model hub:
+    queues and Ray on loopback, no usage reports, temp files and caches under
+    ``work_dir``."""
     tmp = work_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     return {
@@ -49,6 +50,8 @@ def cpu_environment(work_dir: Path) -> dict[str, str]:
         "VLLM_NO_USAGE_STATS": "1",
         "TMPDIR": str(tmp),
         "VLLM_CACHE_ROOT": str(work_dir / "vllm"),
+        # Ray replaces a loopback node address with the host's unless told this.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
 
 

@@ -13,10 +13,10 @@ import difflib
 import gc
 import itertools
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -27,6 +27,8 @@ from ._bridge import AsyncioThread
 from ._chat import prompt_ids
 
 __all__ = ["VLLMEngine", "open_vllm", "open_vllm_engine", "vllm_generate", "engine_args"]
+
+T = TypeVar("T")
 
 _FINISH: Mapping[str | None, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", None: "stop"}
 
@@ -145,6 +147,11 @@ class VLLMEngine:
     async def run(self, coroutine: Any) -> Any:
         """Run a coroutine on the engine's loop and await it from any loop."""
         return await self._thread.run(coroutine)
+
+    def run_blocking(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the engine's loop from synchronous code and wait
+        (e.g. a loop that uses ``engine`` directly, with no bridge between)."""
+        return self._thread.run_blocking(coroutine)
 
     async def unfinished_requests(self) -> int:
         """Requests the engine is still working on (0 once all are done or aborted)."""
