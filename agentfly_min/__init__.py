@@ -7,11 +7,13 @@ from .configs import AsyncVerlConfig, AsyncVLLMConfig, BackendConfig, ClientConf
 from .errors import (
     AgentflyError,
     ConfigError,
+    ContextLengthError,
     GenerationTimeoutError,
     MalformedResponseError,
     PermanentError,
     RetriesExhaustedError,
     TransientError,
+    TransportClosedError,
     TransportError,
 )
 from .middleware import compose, concurrency_limit, rate_limit, retry, timeout
@@ -81,6 +83,8 @@ __all__ = [
     "TransientError",
     "PermanentError",
     "MalformedResponseError",
+    "ContextLengthError",
+    "TransportClosedError",
     "GenerationTimeoutError",
     "RetriesExhaustedError",
 ]

@@ -107,7 +107,9 @@ class AsyncVerlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     loads new weights): ``"resume"`` sends the prompt plus the tokens sampled
     so far and continues, ``"retry"`` discards them and starts again,
     ``"error"`` raises :class:`~agentfly_min.errors.TransientError`. At most
-    ``max_aborts`` aborts are absorbed per request.
+    ``max_aborts`` aborts are absorbed per request; before the k-th resend the
+    transport waits ``min(abort_backoff_max, abort_backoff * 2**(k-1))``
+    seconds, less up to a quarter of jitter (weights take seconds to load).
     """
 
     temperature: _Temperature = 1.0
@@ -117,6 +119,8 @@ class AsyncVerlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     logprobs: bool = True
     on_abort: Literal["resume", "retry", "error"] = "resume"
     max_aborts: Annotated[int, Meta(ge=0)] = 16
+    abort_backoff: Annotated[float, Meta(ge=0.0)] = 0.25
+    abort_backoff_max: Annotated[float, Meta(ge=0.0)] = 4.0
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -15,6 +15,8 @@ __all__ = [
     "TransientError",
     "PermanentError",
     "MalformedResponseError",
+    "ContextLengthError",
+    "TransportClosedError",
     "GenerationTimeoutError",
     "RetriesExhaustedError",
 ]
@@ -68,6 +70,16 @@ class TransientError(TransportError):
 class PermanentError(TransportError):
     """A failure that retrying will not fix: 400, 401, 403, 404, 422, a prompt
     longer than the model's context, an unknown model."""
+
+
+class ContextLengthError(PermanentError):
+    """The prompt leaves no room to generate within the model's context. The
+    agent loop ends such an episode with ``finish_reason="context"``."""
+
+
+class TransportClosedError(PermanentError):
+    """A ``generate`` was called after the context manager that opened it
+    (and owned its engine, client or thread) had exited."""
 
 
 class MalformedResponseError(TransportError):

@@ -142,6 +142,9 @@ class Output(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     ``token_ids`` and ``logprobs`` (one per token id, the sampled token's log
     probability) are set when the transport works in tokens.
+    ``weight_versions`` (one per token id) is the policy version that sampled
+    each token, where the transport knows it (verl's ``global_steps``; a
+    request resumed after a weight update has tokens of two versions).
     """
 
     text: str
@@ -149,6 +152,7 @@ class Output(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tool_calls: tuple[ToolCall, ...] = ()
     token_ids: tuple[int, ...] | None = None
     logprobs: tuple[float, ...] | None = None
+    weight_versions: tuple[int, ...] | None = None
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):

@@ -25,6 +25,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     os.environ.update(cpu_environment(WORK))
     tempfile.tempdir = None  # re-read TMPDIR
+    # Ray worker processes (verl's agent-loop workers) import test helpers
+    # (tests.verl_rewards) by path.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(params=["asyncio", "trio"])

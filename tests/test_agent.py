@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from agentfly_min import (
+    ContextLengthError,
     Agent,
     AsyncVerlConfig,
     AsyncVLLMConfig,
@@ -339,7 +340,7 @@ async def test_token_exact_multi_turn_trajectory(tokenizer: Any) -> None:
     trajectory = await run_agent(MATH, generate, task, tokenizer=tokenizer)
     assert trajectory.token_level and trajectory.reward == 1.0 and trajectory.num_turns == 3
     ids, mask, logprobs = trajectory.response_ids, trajectory.response_mask, trajectory.response_logprobs
-    assert len(ids) == len(mask) == len(logprobs)
+    assert logprobs is not None and len(ids) == len(mask) == len(logprobs)
     # The masked-in tokens are exactly the sampled ones, in order.
     sampled = [i for i, m in zip(ids, mask, strict=True) if m == 1]
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -406,3 +407,80 @@ async def test_rollout_skips_chains_already_done() -> None:
     trajectories = await rollout(MATH, generate, tasks, n=2, skip={("a", 0), ("b", 1)})
     assert [(t.task_id, t.chain_index) for t in trajectories] == [("a", 1), ("b", 0)]
     assert len(seen) == 2
+
+
+# --- budgets, logprobs and versions on the trajectory ---------------------------
+
+
+def clamping_model(tokenizer: Any, context: int) -> Generate:
+    """A token transport that clamps max_new_tokens to the context left, as
+    verl's server and our vLLM transport do, and samples filler to the limit."""
+    filler = tokenizer.encode(" x", add_special_tokens=False)[0]
+
+    async def generate(request: Request) -> Completion:
+        assert request.prompt_ids is not None
+        room = context - len(request.prompt_ids)
+        if room < 1:
+            raise ContextLengthError("no room")
+        n = room if request.max_new_tokens is None else min(request.max_new_tokens, room)
+        output = Output(text=" x" * n, finish_reason="length", token_ids=(filler,) * n)
+        return Completion(outputs=(output,))
+
+    return generate
+
+
+async def test_an_engine_clamped_turn_ends_the_episode_with_context(tokenizer: Any) -> None:
+    agent = Agent(model_name_or_path="tiny", max_new_tokens=500)
+    prompt_len = len(tokenizer.encode(render([Message(role="user", content="q")], ()), add_special_tokens=False))
+    trajectory = await run_agent(agent, clamping_model(tokenizer, prompt_len + 40), {"question": "q"}, tokenizer=tokenizer)
+    assert trajectory.finish_reason == "context" and trajectory.error is None
+    assert len(trajectory.response_ids) == 40
+    # No logprobs came back: absent, not zeros a trainer would read as probability 1.
+    assert trajectory.response_logprobs is None and trajectory.response_versions is None
+    # A per-turn limit that cuts a turn is "length", as before.
+    short = Agent(model_name_or_path="tiny", max_new_tokens=10)
+    cut = await run_agent(short, clamping_model(tokenizer, prompt_len + 40), {"question": "q"}, tokenizer=tokenizer)
+    assert cut.finish_reason == "length"
+
+
+async def test_a_context_error_ends_the_episode_with_context_and_keeps_the_prompt(tokenizer: Any) -> None:
+    agent = Agent(model_name_or_path="tiny", reward_fn=math_reward_string_equal)
+    trajectory = await run_agent(agent, clamping_model(tokenizer, 5), {"question": "q", "answer": "1"}, tokenizer=tokenizer)
+    assert trajectory.finish_reason == "context" and trajectory.error is None and trajectory.reward == 0.0
+    assert trajectory.prompt_ids and not trajectory.token_level  # the prompt was tokenised; nothing sampled
+
+
+async def test_the_first_prompt_is_capped_from_its_start(tokenizer: Any) -> None:
+    generate, seen = token_model(tokenizer, ["4"])
+    full = tokenizer.encode(render([Message(role="user", content="2+2 " * 50)], ()), add_special_tokens=False)
+    agent = Agent(model_name_or_path="tiny", max_prompt_tokens=64)
+    trajectory = await run_agent(agent, generate, {"question": "2+2 " * 50}, tokenizer=tokenizer)
+    assert list(trajectory.prompt_ids) == full[-64:] and trajectory.prompt_tokens_dropped == len(full) - 64
+    assert seen[0].prompt_ids == tuple(full[-64:])
+
+
+async def test_logprobs_are_not_requested_when_the_agent_says_so(tokenizer: Any) -> None:
+    generate, seen = token_model(tokenizer, ["4"])
+    agent = Agent(model_name_or_path="tiny", logprobs=False)
+    await run_agent(agent, generate, {"question": "2+2"}, tokenizer=tokenizer)
+    assert seen[0].logprobs is False
+
+
+async def test_versions_follow_tokens_and_tool_rounds_are_counted(tokenizer: Any) -> None:
+    inner, _ = token_model(tokenizer, [CALC_2_PLUS_2, "\\boxed{4}"])
+    step = iter([3, 4])
+
+    async def versioned(request: Request) -> Completion:
+        completion = await inner(request)
+        (output,) = completion.outputs
+        version = next(step)
+        stamped = msgspec.structs.replace(output, weight_versions=(version,) * len(output.token_ids or ()))
+        return msgspec.structs.replace(completion, outputs=(stamped,), weight_version=version)
+
+    trajectory = await run_agent(MATH, versioned, {"question": "2+2", "answer": 4}, tokenizer=tokenizer)
+    assert trajectory.num_turns == 2 and trajectory.tool_rounds == 1 and trajectory.weight_versions == (3, 4)
+    versions = trajectory.response_versions
+    assert versions is not None and len(versions) == len(trajectory.response_ids)
+    assert [v for v, m in zip(versions, trajectory.response_mask, strict=True) if m == 0] == [-1] * trajectory.response_mask.count(0)
+    sampled = [v for v, m in zip(versions, trajectory.response_mask, strict=True) if m == 1]
+    assert sampled[0] == 3 and sampled[-1] == 4 and sorted(sampled) == sampled

@@ -96,7 +96,7 @@ async def test_multi_turn_episodes_are_sticky_and_token_exact(cluster: VerlClust
         assert sum(1 for rid, _ in routing if rid == t.request_id) == t.num_turns
         masked_in = [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m == 1]
         assert masked_in == [i for turn in sampled[t.request_id] for i in turn]
-        assert len(t.response_logprobs) == len(t.response_ids)
+        assert t.response_logprobs is not None and len(t.response_logprobs) == len(t.response_ids)
         assert re.fullmatch(r"\d+", t.messages[2].content or "")  # the calculator answered
     assert len({s for servers in servers_of.values() for s in servers}) == 2  # both ids were in play
 
@@ -110,6 +110,7 @@ async def sampling_started(cluster: VerlCluster) -> None:
 
 
 async def test_an_injected_abort_is_resumed(cluster: VerlCluster) -> None:
+    await anyio.to_thread.run_sync(cluster.call, "set_global_steps", 6)
     config = AsyncVerlConfig(max_new_tokens=800, on_abort="resume")
     async with open_verl(config, cluster.client, _tokenizer(cluster)) as generate:
         async with anyio.create_task_group() as tg:
@@ -128,6 +129,11 @@ async def test_an_injected_abort_is_resumed(cluster: VerlCluster) -> None:
     assert output.token_ids is not None and len(output.token_ids) == 800  # partial + resumed
     assert output.logprobs is not None and len(output.logprobs) == 800
     assert completion.weight_version == 7  # finished by the new weights, after the abort
+    # Every token carries the version that sampled it: old weights first, then new.
+    versions = output.weight_versions
+    assert versions is not None and len(versions) == 800
+    switch = versions.index(7)
+    assert 0 < switch and set(versions[:switch]) == {6} and set(versions[switch:]) == {7}
 
 
 async def test_abort_as_error_when_configured(cluster: VerlCluster) -> None:
@@ -214,3 +220,145 @@ def _tokenizer(cluster: VerlCluster) -> Any:
 
         _TOKENIZERS[cluster.model] = AutoTokenizer.from_pretrained(cluster.model)
     return _TOKENIZERS[cluster.model]
+
+
+# --- verl's trainer path: AgentLoopManager -> Ray AgentLoopWorker -> our loop ---
+
+PROMPT_LENGTH, RESPONSE_LENGTH = 512, 128
+AGENT_LOOPS = """\
+- name: agentfly_math
+  _target_: agentfly_min.integrations.verl.AgentflyAgentLoop
+  agent_tools: [agentfly_min.tools.calculator]
+  reward: tests.verl_rewards.answer_over_100
+  max_turns: 2
+  max_new_tokens: 48
+"""
+LONG_PROMPT = " ".join(f"word{i}" for i in range(300))  # thousands of tokens, far over PROMPT_LENGTH
+
+
+def verl_batch(rows: list[tuple[str, str, int]], *, explode: tuple[int, ...] = ()) -> Any:
+    """A batch with the non-tensor fields verl's RLHFDataset gives each row:
+    (agent_name, question, answer) per row; rows in ``explode`` carry an
+    ``extra_info`` flag that makes the test reward raise."""
+    import numpy as np
+    from verl.protocol import DataProto
+
+    def column(values: list[Any]) -> Any:
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array
+
+    return DataProto.from_dict(
+        non_tensors={
+            "raw_prompt": column([[{"role": "user", "content": question}] for _, question, _ in rows]),
+            "agent_name": column([name for name, _, _ in rows]),
+            "index": column(list(range(len(rows)))),
+            "data_source": column(["agentfly_test"] * len(rows)),
+            "reward_model": column([{"style": "rule", "ground_truth": str(answer)} for _, _, answer in rows]),
+            "extra_info": column([{"index": i, "split": "train", "explode": i in explode} for i in range(len(rows))]),
+            "tools_kwargs": column([{} for _ in rows]),
+            "interaction_kwargs": column([{} for _ in rows]),
+            "uid": column([f"uid-{i}" for i in range(len(rows))]),
+        },
+        meta_info={"global_steps": 1, "validate": False},
+    )
+
+
+@pytest.fixture(scope="module")
+def trainer_manager(cluster: VerlCluster) -> Any:
+    """verl's AgentLoopManager, made from a composed trainer config exactly as
+    a trainer makes it, with our loop named in the agent-loop YAML."""
+    path = WORK / "agent_loops.yaml"
+    path.write_text(AGENT_LOOPS)
+    config = cluster.trainer_config(agent_loop_config_path=path, prompt_length=PROMPT_LENGTH, response_length=RESPONSE_LENGTH)
+    return cluster.agent_loop_manager(config)
+
+
+def _response_lengths(out: Any) -> list[int]:
+    return [int(n) for n in out.batch["attention_mask"][:, PROMPT_LENGTH:].sum(dim=1)]
+
+
+def test_trainer_path_mixed_batch_with_an_overlong_prompt(cluster: VerlCluster, trainer_manager: Any) -> None:
+    cluster.call("set_global_steps", 5)
+    rows = [
+        ("agentfly_math", LONG_PROMPT, 11),  # passes verl's dataset filter by words, not by tokens
+        ("agentfly_min", "2+2?", 4),  # the registered name: no YAML entry
+        ("single_turn_agent", "2+2?", 4),
+        ("tool_agent", "3+3?", 6),
+        ("agentfly_math", "5+5?", 37),
+        ("agentfly_math", "6+6?", 12),  # its reward raises
+    ]
+    out = trainer_manager.generate_sequences(verl_batch(rows, explode=(5,)))
+    batch, extra = out.batch, out.non_tensor_batch
+    assert batch["prompts"].shape == (6, PROMPT_LENGTH)
+    assert batch["responses"].shape == batch["response_mask"].shape == batch["rollout_log_probs"].shape == (6, RESPONSE_LENGTH)
+    prompt_lengths = [int(n) for n in batch["attention_mask"][:, :PROMPT_LENGTH].sum(dim=1)]
+    assert prompt_lengths[0] == PROMPT_LENGTH and extra["agentfly_prompt_tokens_dropped"][0] > 0  # capped, not crashed
+    assert extra["agentfly_prompt_tokens_dropped"][1] == 0 and prompt_lengths[1] < PROMPT_LENGTH
+    ours = [0, 1, 4, 5]
+    assert [extra["agentfly_failed"][i] for i in ours] == [False, False, False, True]
+    assert [extra["agentfly_failed"][i] for i in (2, 3)] == [None, None]  # verl's own loops' rows
+    for i in (0, 1, 4):
+        assert extra["agentfly_error"][i] is None
+        assert extra["min_global_steps"][i] == extra["max_global_steps"][i] == 5
+        versions = extra["agentfly_token_versions"][i]
+        assert versions is not None and set(versions) <= {5, -1} and 5 in versions
+        mask = batch["response_mask"][i, : _response_lengths(out)[i]].tolist()
+        assert [v == 5 for v in versions[: len(mask)]] == [m == 1 for m in mask]
+        assert extra["__num_turns__"][i] >= 2
+    assert extra["__num_turns__"][2] == 2  # verl's single turn: prompt + answer, as ours count it
+    # The failed row: prompt and response kept, nothing of it trains, a one-line error.
+    assert prompt_lengths[5] > 0 and _response_lengths(out)[5] > 0
+    assert int(batch["response_mask"][5].sum()) == 0
+    error = extra["agentfly_error"][5]
+    assert "boom" in error and "\n" not in error and "\x1b" not in error
+    logprobs = batch["rollout_log_probs"]
+    for i in (0, 1, 4):
+        sampled = batch["response_mask"][i].bool()
+        assert bool((logprobs[i][sampled] <= 0).all()) and bool((logprobs[i][sampled] < 0).any())
+
+
+def test_trainer_path_rewards_reach_rm_scores(cluster: VerlCluster, trainer_manager: Any) -> None:
+    rows = [("agentfly_math", "1+1?", 11), ("agentfly_math", "2+2?", 37), ("agentfly_min", "3+3?", 6), ("agentfly_math", "4+4?", 50)]
+    out = trainer_manager.generate_sequences(verl_batch(rows, explode=(3,)))
+    scores = out.batch["rm_scores"]  # present: every row of the batch has a reward
+    lengths = _response_lengths(out)
+    for i, expected in enumerate([0.11, 0.37, None, 0.0]):
+        row = scores[i].tolist()
+        nonzero = [k for k, value in enumerate(row) if value != 0]
+        assert nonzero in ([lengths[i] - 1], [])  # the reward sits on the last response token
+        if expected is not None:
+            assert row[lengths[i] - 1] == pytest.approx(expected)
+        else:
+            assert row[lengths[i] - 1] in (0.0, 1.0)  # the default math reward
+    assert list(out.non_tensor_batch["agentfly_failed"]) == [False, False, False, True]
+
+
+def test_worker_without_logprobs_mixes_with_verls_loops(cluster: VerlCluster) -> None:
+    """calculate_log_probs off: no logprobs asked for or returned by any loop,
+    so verl can stack a batch mixing ours and its single-turn loop. (An
+    in-process AgentLoopWorker: the same code a Ray worker runs.)"""
+    import asyncio
+
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    config = cluster.trainer_config(prompt_length=PROMPT_LENGTH, response_length=RESPONSE_LENGTH, calculate_log_probs=False)
+    worker = AgentLoopWorker(config, cluster.client)
+    rows = [("agentfly_min", "2+2?", 4), ("single_turn_agent", "2+2?", 4), ("agentfly_min", LONG_PROMPT, 3)]
+    out = asyncio.run(worker.generate_sequences(verl_batch(rows)))
+    assert "rollout_log_probs" not in out.batch.keys()
+    assert out.batch["responses"].shape == (3, RESPONSE_LENGTH)
+    assert list(out.non_tensor_batch["agentfly_failed"]) == [False, None, False]
+
+
+def test_a_tools_key_in_the_yaml_is_refused_with_the_fix(cluster: VerlCluster, tmp_path: Path) -> None:
+    import asyncio
+
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    path = tmp_path / "agent_loops.yaml"
+    path.write_text(AGENT_LOOPS.replace("agentfly_math", "agentfly_old").replace("agent_tools:", "tools:"))
+    config = cluster.trainer_config(agent_loop_config_path=path, prompt_length=PROMPT_LENGTH, response_length=RESPONSE_LENGTH)
+    worker = AgentLoopWorker(config, cluster.client)
+    with pytest.raises(Exception, match="name agentfly_min tools under `agent_tools`"):
+        asyncio.run(worker.generate_sequences(verl_batch([("agentfly_old", "2+2?", 4)])))

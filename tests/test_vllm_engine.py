@@ -19,10 +19,13 @@ from agentfly_min import (
     AsyncVLLMConfig,
     Completion,
     ConfigError,
+    ContextLengthError,
     Generate,
     PermanentError,
     Request,
+    TransportClosedError,
     rollout,
+    run_agent,
 )
 from agentfly_min.tools import calculator
 from agentfly_min.transports.vllm import VLLMEngine, open_vllm, vllm_generate
@@ -42,6 +45,14 @@ def engine(tiny_model_path: Path) -> Iterator[VLLMEngine]:
     yield started
     started.close()
     assert_gone(children)
+    closed = vllm_generate(started)
+
+    async def call_after_close() -> None:
+        with pytest.raises(TransportClosedError, match="after its engine was shut down"):
+            await closed(Request(prompt_ids=(1, 2), max_new_tokens=2))
+
+    for backend in ("asyncio", "trio"):
+        anyio.run(call_after_close, backend=backend)
 
 
 @pytest.fixture
@@ -129,11 +140,34 @@ async def test_cancelled_requests_are_aborted_in_the_engine(generate: Generate, 
     assert len(completion.outputs[0].token_ids or ()) == 8
 
 
-async def test_prompt_longer_than_the_context_is_a_clear_error(generate: Generate) -> None:
-    with pytest.raises(PermanentError, match="context is 1024"):
+async def test_a_full_context_is_typed_and_max_tokens_is_clamped_to_what_is_left(generate: Generate) -> None:
+    with pytest.raises(ContextLengthError, match="no room in the model's context of 1024"):
         await generate(Request(prompt_ids=tuple([201] * 1100), max_new_tokens=8))
-    with pytest.raises(PermanentError, match="exceeds the model's context"):
-        await generate(Request(prompt_ids=tuple([201] * 1000), max_new_tokens=100))
+    # As verl's server does: ask for 100 with 24 left, get 24 and "length".
+    (output,) = (await generate(Request(prompt_ids=tuple([201] * 1000), max_new_tokens=100, ignore_eos=True))).outputs
+    assert len(output.token_ids or ()) == 24 and output.finish_reason == "length"
+
+
+async def test_what_vllm_refuses_is_a_typed_error(generate: Generate) -> None:
+    # vLLM 0.31 raises VLLMValidationError (not a ValueError) for a token id outside the vocabulary.
+    with pytest.raises(PermanentError, match="vLLM refused the request") as info:
+        await generate(Request(prompt_ids=(1, 10**9), max_new_tokens=4))
+    assert "\n" not in str(info.value)
+
+
+async def test_an_episode_that_fills_the_engine_ends_with_context(generate: Generate, engine: VLLMEngine) -> None:
+    def no_eos(inner: Generate) -> Generate:
+        async def wrapped(request: Request) -> Completion:
+            return await inner(msgspec.structs.replace(request, ignore_eos=True))
+
+        return wrapped
+
+    agent = Agent(model_name_or_path="tiny", max_turns=3, max_new_tokens=400)  # no budget of ours: the engine's context decides
+    question = " ".join(["many words"] * 170)  # about 900 tokens with the tiny tokenizer
+    trajectory = await run_agent(agent, no_eos(generate), {"question": question}, tokenizer=engine.tokenizer)
+    assert trajectory.error is None and trajectory.finish_reason == "context"
+    assert 0 < len(trajectory.response_ids) < 400
+    assert len(trajectory.prompt_ids) + len(trajectory.response_ids) == engine.max_model_len
 
 
 async def test_agent_rollout_is_token_exact_over_the_engine(generate: Generate, engine: VLLMEngine) -> None:
@@ -161,7 +195,7 @@ async def test_agent_rollout_is_token_exact_over_the_engine(generate: Generate, 
     for t in trajectories:
         assert t.error is None, t.error
         assert t.token_level and t.num_turns == 2 and t.tool_calls == 1
-        assert len(t.response_ids) == len(t.response_mask) == len(t.response_logprobs)
+        assert t.response_logprobs is not None and len(t.response_ids) == len(t.response_mask) == len(t.response_logprobs)
         masked_in = [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m == 1]
         assert masked_in == [i for turn in sampled[t.request_id] for i in turn]
         assert 0 in t.response_mask  # the tool observation is in, masked out

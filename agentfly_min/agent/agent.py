@@ -42,8 +42,12 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     transport's default), ``max_model_len`` prompt plus response and
     ``max_response_tokens`` the response alone (sampled and spliced-in tokens,
     as an RL trainer's ``response_length``); None keeps no budget here (the
-    transport still refuses an overlong prompt). Budgets apply when the
-    episode runs in tokens.
+    transport still refuses an overlong prompt). ``max_prompt_tokens`` caps
+    the first prompt by cutting tokens from its start, as verl's agent loops
+    cap theirs (``rollout.prompt_length``); the cut is logged and recorded on
+    the trajectory. Budgets apply when the episode runs in tokens.
+    ``logprobs`` asks token-level transports for the sampled tokens' log
+    probabilities.
     """
 
     model_name_or_path: str
@@ -57,7 +61,9 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     max_new_tokens: int | None = None
     max_model_len: int | None = None
     max_response_tokens: int | None = None
+    max_prompt_tokens: int | None = None
     temperature: float | None = None
+    logprobs: bool = True
 
     def __post_init__(self) -> None:
         require("Agent.model_name_or_path", self.model_name_or_path, Annotated[str, Meta(min_length=1)])
@@ -65,6 +71,8 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
         require("Agent.max_new_tokens", self.max_new_tokens, Annotated[int, Meta(ge=1)] | None)
         require("Agent.max_model_len", self.max_model_len, Annotated[int, Meta(ge=16)] | None)
         require("Agent.max_response_tokens", self.max_response_tokens, Annotated[int, Meta(ge=1)] | None)
+        require("Agent.max_prompt_tokens", self.max_prompt_tokens, Annotated[int, Meta(ge=1)] | None)
+        require("Agent.logprobs", self.logprobs, bool)
         require("Agent.temperature", self.temperature, Annotated[float, Meta(ge=0.0, le=2.0)] | None)
         require("Agent.template", self.template, TemplateName)
         require("Agent.backend", self.backend, Backend)

@@ -7,6 +7,7 @@ transport and any middleware stack drive them, on asyncio or trio.
 from __future__ import annotations
 
 import inspect
+import logging
 import uuid
 from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, Protocol
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 import anyio
 import msgspec
 
-from ..errors import TransportError
+from ..errors import ContextLengthError, TransportError
 from ..records import Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, Usage
 from ..templates import MalformedToolCall, ParsedCall, parse_tool_calls
 from ..templates.qwen25 import IM_END, GENERATION_PROMPT, render, render_tool_results
@@ -23,6 +24,8 @@ from .agent import Agent, Task
 from .trajectory import EpisodeEnd, Trajectory
 
 __all__ = ["Tokenizer", "Progress", "run_agent", "rollout", "task_messages"]
+
+_log = logging.getLogger("agentfly_min.agent")
 
 
 class Tokenizer(Protocol):
@@ -54,18 +57,31 @@ def task_messages(task: Task, system_prompt: str | None) -> tuple[Message, ...]:
 
 
 class _Tokens:
-    """The token-exact record of an episode, grown turn by turn."""
+    """The token-exact record of an episode, grown turn by turn.
 
-    def __init__(self, tokenizer: Tokenizer, prompt: str) -> None:
+    ``logprobs`` and ``versions`` stay aligned with ``ids`` while every
+    sampled turn brings them; the first turn without them turns them to None
+    for good (a partial record would mislead a trainer)."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt: str, max_prompt_tokens: int | None) -> None:
         self._tokenizer = tokenizer
-        self.prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        self.dropped = 0
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            self.dropped = len(ids) - max_prompt_tokens
+            ids = ids[self.dropped :]
+            _log.warning(
+                "prompt of %d tokens cut to its last %d (max_prompt_tokens)", len(ids) + self.dropped, len(ids)
+            )
+        self.prompt_ids = ids
         end = tokenizer.encode(IM_END, add_special_tokens=False)
         if len(end) != 1:
             raise ValueError(f"the tokenizer does not have {IM_END} as one token; it is not a Qwen2.5 tokenizer")
         self.end_id = end[0]
         self.ids: list[int] = []
         self.mask: list[int] = []
-        self.logprobs: list[float] = []
+        self.logprobs: list[float] | None = []
+        self.versions: list[int] | None = []
 
     def context(self) -> tuple[int, ...]:
         return (*self.prompt_ids, *self.ids)
@@ -74,16 +90,25 @@ class _Tokens:
         ids = output.token_ids or ()
         self.ids.extend(ids)
         self.mask.extend([1] * len(ids))
-        if output.logprobs is not None and len(output.logprobs) == len(ids):
-            self.logprobs.extend(output.logprobs)
-        else:
-            self.logprobs.extend([0.0] * len(ids))
+        if self.logprobs is not None:
+            if output.logprobs is not None and len(output.logprobs) == len(ids):
+                self.logprobs.extend(output.logprobs)
+            else:
+                self.logprobs = None
+        if self.versions is not None:
+            if output.weight_versions is not None and len(output.weight_versions) == len(ids):
+                self.versions.extend(output.weight_versions)
+            else:
+                self.versions = None
 
     def injected(self, text: str) -> None:
         ids = self._tokenizer.encode(text, add_special_tokens=False)
         self.ids.extend(ids)
         self.mask.extend([0] * len(ids))
-        self.logprobs.extend([0.0] * len(ids))
+        if self.logprobs is not None:
+            self.logprobs.extend([0.0] * len(ids))
+        if self.versions is not None:
+            self.versions.extend([-1] * len(ids))
 
     def observation(self, last_output: Output, results: Sequence[Message]) -> None:
         """Splice in what follows a sampled turn: the end of the assistant
@@ -228,11 +253,14 @@ async def run_agent(
             finish_reason=reason,
             num_turns=turns,
             token_level=token_level,
-            prompt_ids=tuple(tokens.prompt_ids) if token_level and tokens else (),
+            prompt_ids=tuple(tokens.prompt_ids) if tokens else (),
+            prompt_tokens_dropped=tokens.dropped if tokens else 0,
             response_ids=tuple(tokens.ids) if token_level and tokens else (),
             response_mask=tuple(tokens.mask) if token_level and tokens else (),
-            response_logprobs=tuple(tokens.logprobs) if token_level and tokens else (),
+            response_logprobs=tuple(tokens.logprobs) if token_level and tokens and tokens.logprobs is not None else None,
+            response_versions=tuple(tokens.versions) if token_level and tokens and tokens.versions is not None else None,
             tool_calls=tool_calls,
+            tool_rounds=tool_rounds,
             tool_errors=tool_errors,
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
             attempts=attempts,
@@ -245,14 +273,14 @@ async def run_agent(
     messages: list[Message] = []
     tokens: _Tokens | None = None
     token_level_seen = False
-    turns = tool_calls = tool_errors = prompt_tokens = completion_tokens = attempts = 0
+    turns = tool_calls = tool_rounds = tool_errors = prompt_tokens = completion_tokens = attempts = 0
     versions: list[int] = []
     turn_seconds: list[float] = []
     tool_seconds = 0.0
     try:
         messages = list(task_messages(task, agent.system_prompt))
         if tokenizer is not None:
-            tokens = _Tokens(tokenizer, render(messages, schemas))
+            tokens = _Tokens(tokenizer, render(messages, schemas), agent.max_prompt_tokens)
     except (ValueError, msgspec.ValidationError) as exc:
         return finish("error", error=f"bad task: {exc}")
 
@@ -271,12 +299,15 @@ async def run_agent(
             prompt_ids=tokens.context() if tokens is not None else None,
             max_new_tokens=max_new,
             temperature=agent.temperature,
-            logprobs=tokens is not None,
+            logprobs=tokens is not None and agent.logprobs,
             request_id=session,
         )
         started = anyio.current_time()
         try:
             completion: Completion = await generate(request)
+        except ContextLengthError:  # the engine's context is full: a budget, not a failure
+            reason = "context"
+            break
         except TransportError as exc:
             return await _reward(agent, finish("error", error=f"{type(exc).__name__}: {exc}"), task)
         turn_seconds.append(anyio.current_time() - started)
@@ -294,6 +325,8 @@ async def run_agent(
         messages.append(Message(role="assistant", content=content, tool_calls=calls))
         if not calls:
             reason = "length" if output.finish_reason == "length" else "answer"
+            if reason == "length" and _cut_by_context(output, max_new, room):
+                reason = "context"
             break
         if turns >= agent.max_turns:
             reason = "max_turns"
@@ -302,11 +335,22 @@ async def run_agent(
         results, failed = await _run_tools(tools, calls, parse_errors)
         tool_seconds += anyio.current_time() - started
         tool_calls += len(calls)
+        tool_rounds += 1
         tool_errors += failed
         messages.extend(results)
         if tokens is not None and token_level_seen:
             tokens.observation(output, results)
     return await _reward(agent, finish(reason), task)
+
+
+def _cut_by_context(output: Output, asked: int | None, room: int | None) -> bool:
+    """Whether a turn cut off by length was cut by the context (our budget,
+    or the transport clamping to the engine's context as verl's server does)
+    rather than by the per-turn limit."""
+    sampled = len(output.token_ids or ())
+    if room is not None and sampled >= room:
+        return True
+    return asked is not None and output.token_ids is not None and sampled < asked
 
 
 async def rollout(

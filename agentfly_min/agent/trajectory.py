@@ -19,24 +19,32 @@ context budget ran out; or an error ended it (``Trajectory.error`` says which)."
 class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One chain of one task.
 
-    When the transport works in tokens (``token_level``), ``prompt_ids`` is
-    the first prompt and ``response_ids`` everything after it: the tokens the
-    model sampled, with the tokens of each tool observation spliced in
-    between turns. ``response_mask`` is 1 exactly on sampled tokens and
-    ``response_logprobs`` holds their log probabilities (0.0 where the mask
-    is 0); all three have the same length. The ids are the ones sampled;
-    nothing was decoded and re-tokenised. With a text-only transport those
-    fields are empty and ``messages`` is the record.
+    With a tokenizer, ``prompt_ids`` is the first prompt as token ids (cut to
+    ``Agent.max_prompt_tokens`` if that is set: ``prompt_tokens_dropped``
+    says how many tokens were cut from its start). When the transport also
+    works in tokens (``token_level``), ``response_ids`` is everything after
+    the prompt: the tokens the model sampled, with the tokens of each tool
+    observation spliced in between turns. ``response_mask`` is 1 exactly on
+    sampled tokens; ``response_logprobs`` holds their log probabilities (0.0
+    where the mask is 0) and is None when they were not requested or the
+    transport did not return them for every sampled token, never zeros
+    standing in for missing values. ``response_versions`` is the policy
+    version (verl's ``global_steps``) that sampled each token (-1 where the
+    mask is 0), None unless the transport reported one for every sampled
+    token. The aligned fields have one entry per response token. The ids are
+    the ones sampled; nothing was decoded and re-tokenised. With a text-only
+    transport the response fields are empty and ``messages`` is the record.
 
     ``error`` is set when something ended the episode early (a transport
     failure after its retries, a task that could not be read);
     ``reward_error`` when the reward function raised. ``tool_errors`` counts
     tool calls that failed (bad arguments, unknown tool, a raising or
     overrunning tool); the model was told and the episode went on.
-    ``weight_versions`` are the policy versions that sampled each turn (verl's
-    ``global_steps``), when the transport knows them. ``turn_seconds`` is the
-    wall time of each model call, ``tool_seconds`` and ``reward_seconds`` the
-    time spent in tools and in the reward.
+    ``weight_versions`` are the policy versions that sampled each turn (the
+    newest one per turn), when the transport knows them. ``turn_seconds`` is
+    the wall time of each model call, ``tool_seconds`` and ``reward_seconds``
+    the time spent in tools and in the reward. ``num_turns`` counts model
+    turns; ``tool_rounds`` the rounds of tool results that followed them.
     """
 
     task_id: str
@@ -50,11 +58,14 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     prompt_ids: tuple[int, ...] = ()
     response_ids: tuple[int, ...] = ()
     response_mask: tuple[int, ...] = ()
-    response_logprobs: tuple[float, ...] = ()
+    response_logprobs: tuple[float, ...] | None = None
+    response_versions: tuple[int, ...] | None = None
+    prompt_tokens_dropped: int = 0
     reward: float | None = None
     reward_error: str | None = None
     error: str | None = None
     tool_calls: int = 0
+    tool_rounds: int = 0
     tool_errors: int = 0
     usage: Usage = Usage()
     attempts: int = 0

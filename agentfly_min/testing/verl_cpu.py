@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._shm import shm_entries, sweep_shm
 from .vllm_cpu import cpu_environment
 
 __all__ = ["VerlCluster"]
@@ -69,11 +70,14 @@ class VerlCluster:
         self.server: Any = None
         self.balancer: Any = None
         self.client: Any = None
+        self._managers: list[Any] = []
+        self._shm_before: set[str] = set()
 
     def __enter__(self) -> VerlCluster:
         import ray
 
         os.environ.update(cpu_environment(self._work_dir))
+        self._shm_before = shm_entries()
         ray_dir = self._work_dir / "ray"
         ray_dir.mkdir(parents=True, exist_ok=True)
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False)
@@ -151,14 +155,64 @@ class VerlCluster:
 
         return ray.get(getattr(self.server, method).remote(*args))
 
+    def trainer_config(
+        self,
+        *,
+        agent_loop_config_path: Path | None = None,
+        prompt_length: int = 512,
+        response_length: int = 256,
+        calculate_log_probs: bool = True,
+        num_workers: int = 1,
+        overrides: tuple[str, ...] = (),
+    ) -> Any:
+        """verl's full trainer config (``ppo_trainer``), composed with Hydra
+        as verl's entry point composes it, for this cluster's model and an
+        async agent-loop rollout."""
+        import hydra
+        import verl
+
+        config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+        with hydra.initialize_config_dir(config_dir=config_dir, version_base=None):
+            return hydra.compose(
+                "ppo_trainer",
+                overrides=[
+                    f"actor_rollout_ref.model.path={self.model}",
+                    "actor_rollout_ref.rollout.name=vllm",
+                    "actor_rollout_ref.rollout.mode=async",
+                    f"actor_rollout_ref.rollout.prompt_length={prompt_length}",
+                    f"actor_rollout_ref.rollout.response_length={response_length}",
+                    f"actor_rollout_ref.rollout.calculate_log_probs={calculate_log_probs}",
+                    f"actor_rollout_ref.rollout.agent.num_workers={num_workers}",
+                    f"actor_rollout_ref.rollout.agent.agent_loop_config_path={agent_loop_config_path or 'null'}",
+                    f"data.max_prompt_length={prompt_length}",
+                    f"data.max_response_length={response_length}",
+                    *overrides,
+                ],
+            )
+
+    def agent_loop_manager(self, config: Any) -> Any:
+        """verl's ``AgentLoopManager`` over this cluster's client, as a
+        trainer makes it: its ``AgentLoopWorker`` actors are separate Ray
+        processes. They are killed when the cluster closes."""
+        from verl.experimental.agent_loop.agent_loop import AgentLoopManager
+
+        manager = AgentLoopManager.create(config=config, llm_client=self.client)
+        self._managers.append(manager)
+        return manager
+
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
         import ray
 
+        for manager in self._managers:
+            for worker in manager.agent_loop_workers:
+                ray.kill(worker)
+        self._managers.clear()
         if self.server is not None:
             ray.kill(self.server)
             self.server = None
         self.balancer = self.client = None
         ray.shutdown()
+        sweep_shm(self._shm_before)

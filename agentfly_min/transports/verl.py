@@ -15,14 +15,17 @@ trio it is run on an asyncio loop thread that :func:`open_verl` owns.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+import functools
+import random as _random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import anyio
 
 from ..configs import AsyncVerlConfig
-from ..errors import PermanentError, TransientError
+from .._text import one_line
+from ..errors import ContextLengthError, PermanentError, TransientError, TransportClosedError
 from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread
 from ._chat import prompt_ids
@@ -84,6 +87,40 @@ def _sampling(config: AsyncVerlConfig, base: Mapping[str, Any], request: Request
     return params
 
 
+_ABORTED = frozenset({"aborted", "abort"})  # vLLM's server says the first, SGLang's the second
+_NO_ROOM = ("leaves no room", "maximum context length")
+
+
+@functools.cache
+def _client_errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """What verl's client raises: (all of it, the part worth retrying).
+
+    Ray wraps a server-side exception in ``RayTaskError(<its type>)``, a
+    subclass of both; an actor that died or cannot be reached raises
+    ``RayActorError`` / ``ActorUnavailableError``. Ray is imported only when
+    a call fails, so this module needs neither Ray nor verl."""
+    try:
+        from ray.exceptions import ActorUnavailableError, RayActorError, RayError
+    except ImportError:
+        return (ValueError, TypeError, RuntimeError), ()
+    return (ValueError, TypeError, RuntimeError, RayError), (RayActorError, ActorUnavailableError)
+
+
+def _error_from(exc: Exception) -> PermanentError | TransientError:
+    """A typed error with a one-line message (a RayTaskError's text is a
+    whole remote traceback in colour; its ``cause`` is the original)."""
+    cause = getattr(exc, "cause", None)
+    original = cause if isinstance(cause, BaseException) else exc
+    message = one_line(f"{type(original).__name__}: {original}")
+    if isinstance(exc, ValueError | TypeError):
+        if any(marker in str(original) for marker in _NO_ROOM):
+            return ContextLengthError(f"verl refused the request: {message}")
+        return PermanentError(f"verl refused the request: {message}")
+    if isinstance(exc, _client_errors()[1]):
+        return TransientError(f"verl's server is unavailable: {message}")
+    return PermanentError(f"verl's server failed: {message}")
+
+
 def verl_generate(
     config: AsyncVerlConfig,
     server: VerlServer,
@@ -91,20 +128,33 @@ def verl_generate(
     *,
     sampling_params: Mapping[str, Any] | None = None,
     asyncio_thread: Callable[[], AsyncioThread] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    random: Callable[[], float] = _random.random,
 ) -> Generate:
     """The raw verl transport over ``server``.
 
     ``request.request_id`` is sent as verl's request id on every turn, so
     verl's load balancer keeps a trajectory on one server. ``sampling_params``
     (verl's own, e.g. ``repetition_penalty``) are copied into every call and
-    never changed. An ``"aborted"`` answer (verl pauses generation while it
-    loads new weights) is handled as ``config.on_abort`` says: resumed from
-    the tokens sampled so far, retried from scratch, or raised as a
-    :class:`TransientError`; after ``config.max_aborts`` it is raised.
-    ``Completion.weight_version`` is verl's ``global_steps`` of the answer.
-    With ``n > 1`` the samples are separate concurrent calls in one session.
-    ``asyncio_thread`` gives the asyncio loop thread that serves callers on
-    trio (see :func:`open_verl`); it is asked for only when one calls.
+    never changed. An aborted answer (verl pauses generation while it loads
+    new weights; vLLM's server says ``"aborted"``, SGLang's ``"abort"``) is
+    handled as ``config.on_abort`` says: resumed from the tokens sampled so
+    far, retried from scratch, or raised as a :class:`TransientError`; after
+    ``config.max_aborts`` it is raised. Before the k-th resend it waits
+    ``min(abort_backoff_max, abort_backoff * 2**(k-1)) * (1 - 0.25 * U)``
+    seconds (U uniform in [0, 1)), so a fleet of aborted chains does not
+    hammer a server that is still loading weights.
+
+    ``Output.weight_versions`` holds verl's ``global_steps`` for every
+    sampled token (a resumed answer can span two versions) and
+    ``Completion.weight_version`` the newest. Logprobs are returned when
+    ``config.logprobs`` or the request asks for them. verl's refusals are
+    typed: :class:`ContextLengthError` when the prompt leaves no room,
+    :class:`PermanentError` for other refusals, :class:`TransientError` when
+    the server actor is gone. With ``n > 1`` the samples are separate
+    concurrent calls in one session. ``asyncio_thread`` gives the asyncio
+    loop thread that serves callers on trio (see :func:`open_verl`); it is
+    asked for only when one calls. ``sleep`` and ``random`` are for tests.
     """
     base = dict(sampling_params or {})
 
@@ -113,68 +163,76 @@ def verl_generate(
             asyncio.get_running_loop()
         except RuntimeError:  # not on asyncio: hop to the asyncio thread
             if asyncio_thread is None:
-                raise RuntimeError("verl's client needs asyncio; on trio, open the transport with open_verl") from None
+                raise PermanentError("verl's client needs asyncio; on trio, open the transport with open_verl") from None
             return await asyncio_thread().run(server.generate(request_id, prompt_ids=prompt, sampling_params=params))
         return await server.generate(request_id, prompt_ids=prompt, sampling_params=params)
 
-    async def sample(request: Request, request_id: str, prompt: list[int], max_tokens: int) -> tuple[Output, int | None]:
+    async def sample(request: Request, request_id: str, prompt: list[int], max_tokens: int) -> Output:
+        want_logprobs = config.logprobs or request.logprobs
         tokens: list[int] = []
-        logprobs: list[float] = []
+        logprobs: list[float] | None = []
+        versions: list[int] | None = []
         aborts = 0
-        version: int | None = None
         while True:
-            remaining = max_tokens - len(tokens)
-            params = _sampling(config, base, request, remaining)
-            result = await call(request_id, prompt + tokens, params)
-            version = result.extra_fields.get("global_steps", version)
-            if result.stop_reason != "aborted":
+            params = _sampling(config, base, request, max_tokens - len(tokens))
+            try:
+                result = await call(request_id, prompt + tokens, params)
+            except _client_errors()[0] as exc:
+                raise _error_from(exc) from exc
+            aborted = result.stop_reason in _ABORTED
+            if aborted and config.on_abort == "retry":  # sampled by old weights: drop it
+                tokens, logprobs, versions = [], [], []
+            else:
                 tokens.extend(result.token_ids)
-                if result.log_probs is not None:
-                    logprobs.extend(result.log_probs)
+                if logprobs is not None:
+                    if result.log_probs is not None and len(result.log_probs) == len(result.token_ids):
+                        logprobs.extend(result.log_probs)
+                    else:
+                        logprobs = None
+                step = result.extra_fields.get("global_steps")
+                if versions is not None:
+                    versions = versions + [int(step)] * len(result.token_ids) if isinstance(step, int) else None
+            if not aborted or len(tokens) >= max_tokens:
                 break
             aborts += 1
             if config.on_abort == "error" or aborts > config.max_aborts:
                 raise TransientError(f"verl aborted the request {aborts} time(s) (on_abort={config.on_abort!r})")
-            if config.on_abort == "resume":
-                tokens.extend(result.token_ids)
-                if result.log_probs is not None:
-                    logprobs.extend(result.log_probs)
-                if len(tokens) >= max_tokens:
-                    break
-            else:  # retry: the partial answer was sampled by old weights; drop it
-                tokens, logprobs = [], []
+            delay = min(config.abort_backoff_max, config.abort_backoff * 2 ** (aborts - 1))
+            await sleep(delay * (1 - 0.25 * random()))
         eos = tokenizer.eos_token_id
-        finish: FinishReason = "stop" if (tokens and tokens[-1] == eos) or len(tokens) < max_tokens else "length"
-        output = Output(
+        finish: FinishReason
+        if tokens and tokens[-1] == eos:
+            finish = "stop"
+        elif result.stop_reason == "length" or len(tokens) >= max_tokens:
+            finish = "length"  # verl's server may clamp max_tokens to the context left
+        else:
+            finish = "stop"
+        return Output(
             text=tokenizer.decode(tokens, skip_special_tokens=True),
             finish_reason=finish,
             token_ids=tuple(tokens),
-            logprobs=tuple(logprobs) if len(logprobs) == len(tokens) and (config.logprobs or request.logprobs) else None,
+            logprobs=tuple(logprobs) if want_logprobs and logprobs is not None else None,
+            weight_versions=tuple(versions) if versions is not None else None,
         )
-        return output, version
 
     async def generate(request: Request) -> Completion:
         prompt = prompt_ids(tokenizer, request)
         max_tokens = request.max_new_tokens if request.max_new_tokens is not None else config.max_new_tokens
         request_id = request.request_id or f"agentfly-{id(request):x}"
-        results: list[tuple[Output, int | None] | None] = [None] * request.n
+        results: list[Output | None] = [None] * request.n
 
         async def one(index: int) -> None:
             results[index] = await sample(request, request_id, prompt, max_tokens)
 
-        try:
-            if request.n == 1:
-                await one(0)
-            else:
-                async with anyio.create_task_group() as tg:
-                    for index in range(request.n):
-                        tg.start_soon(one, index)
-        except ValueError as exc:  # verl's server refusing a prompt with no room left
-            raise PermanentError(f"verl refused the request: {exc}") from exc
-        done = [r for r in results if r is not None]
-        assert len(done) == request.n  # every sample stored its result or the group raised
-        outputs = tuple(output for output, _ in done)
-        versions = [v for _, v in done if v is not None]
+        if request.n == 1:
+            await one(0)
+        else:
+            async with anyio.create_task_group() as tg:
+                for index in range(request.n):
+                    tg.start_soon(one, index)
+        outputs = tuple(r for r in results if r is not None)
+        assert len(outputs) == request.n  # every sample stored its result or the group raised
+        versions = [v for o in outputs for v in (o.weight_versions or ())]
         return Completion(
             outputs=outputs,
             usage=Usage(prompt_tokens=len(prompt), completion_tokens=sum(len(o.token_ids or ()) for o in outputs)),
@@ -197,18 +255,28 @@ async def open_verl(
     """Yield a :data:`Generate` over verl's client, usable from asyncio and
     trio. On asyncio (verl's own workers) calls go straight to the client; on
     trio they run on an asyncio thread, started on first use and stopped on
-    exit."""
+    exit. A call after exit raises :class:`TransportClosedError`."""
     threads: list[AsyncioThread] = []
+    closed = False
 
     def thread() -> AsyncioThread:
+        if closed:
+            raise TransportClosedError("this verl transport was used after its `open_verl` block ended")
         if not threads:
             threads.append(AsyncioThread("agentfly-verl"))
         return threads[0]
 
+    raw = verl_generate(config, server, tokenizer, sampling_params=sampling_params, asyncio_thread=thread)
+
+    async def guarded(request: Request) -> Completion:
+        if closed:
+            raise TransportClosedError("this verl transport was used after its `open_verl` block ended")
+        return await raw(request)
+
     try:
-        raw = verl_generate(config, server, tokenizer, sampling_params=sampling_params, asyncio_thread=thread)
-        yield middleware(raw) if middleware is not None else raw
+        yield middleware(guarded) if middleware is not None else guarded
     finally:
+        closed = True
         if threads:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(threads[0].stop)

@@ -21,7 +21,15 @@ from typing import Any, TypeVar
 import anyio
 
 from ..configs import AsyncVLLMConfig
-from ..errors import ConfigError, PermanentError, TransportError
+from .._text import one_line
+from ..errors import (
+    ConfigError,
+    ContextLengthError,
+    MalformedResponseError,
+    PermanentError,
+    TransientError,
+    TransportClosedError,
+)
 from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread
 from ._chat import prompt_ids
@@ -93,7 +101,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self._ids = itertools.count()
-        self._closed = False
+        self.closed = False
 
     @classmethod
     def start(cls, config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> VLLMEngine:
@@ -125,9 +133,9 @@ class VLLMEngine:
 
     def close(self) -> None:
         """Shut the engine down (its engine-core process too) and stop the thread."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         try:
             self._thread.call_blocking(self.engine.shutdown, timeout=120)
         finally:
@@ -169,12 +177,11 @@ def _sampling_params(request: Request, prompt_len: int, max_model_len: int) -> A
 
     room = max_model_len - prompt_len
     if room < 1:
-        raise PermanentError(f"the prompt has {prompt_len} tokens; the model's context is {max_model_len}")
-    max_tokens = request.max_new_tokens if request.max_new_tokens is not None else room
-    if max_tokens > room:
-        raise PermanentError(
-            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_tokens}) exceeds the model's context ({max_model_len})"
-        )
+        raise ContextLengthError(f"the prompt has {prompt_len} tokens, leaving no room in the model's context of {max_model_len}")
+    # Clamped to the context left, as verl's server does: the answer then ends
+    # with finish_reason "length" before max_new_tokens, and the agent loop
+    # ends the episode with "context".
+    max_tokens = min(request.max_new_tokens, room) if request.max_new_tokens is not None else room
     return SamplingParams(
         n=request.n,
         temperature=1.0 if request.temperature is None else request.temperature,
@@ -204,7 +211,11 @@ def vllm_generate(engine: VLLMEngine) -> Generate:
     """The raw transport over a running engine: prompt ids in (rendered from
     the messages with the model's chat template when the request has none),
     sampled ids, text, logprobs and usage out. ``n > 1`` is sent as one
-    request (vLLM fans it out). Cancelling a call aborts it in the engine."""
+    request (vLLM fans it out). Cancelling a call aborts it in the engine.
+    ``max_new_tokens`` is clamped to the context left; a prompt that leaves
+    none raises :class:`ContextLengthError`. Whatever vLLM refuses is a
+    :class:`PermanentError` (a full queue a :class:`TransientError`), and a
+    call after the engine was shut down a :class:`TransportClosedError`."""
 
     async def on_engine_loop(prompt: list[int], params: Any, request_id: str) -> Any:
         from vllm.inputs import TokensPrompt
@@ -214,19 +225,23 @@ def vllm_generate(engine: VLLMEngine) -> Generate:
             final = output
         return final
 
-    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMServerError
 
     async def generate(request: Request) -> Completion:
+        if engine.closed:
+            raise TransportClosedError("this vLLM transport was used after its engine was shut down")
         prompt = prompt_ids(engine.tokenizer, request)
-        params = _sampling_params(request, len(prompt), engine.max_model_len)
         try:
+            params = _sampling_params(request, len(prompt), engine.max_model_len)
             final = await engine.run(on_engine_loop(prompt, params, engine.next_id(request.request_id)))
-        except ValueError as exc:  # vLLM's word for a request it will not take
-            raise PermanentError(f"vLLM refused the request: {exc}") from exc
-        except (EngineDeadError, EngineGenerateError) as exc:
-            raise PermanentError(f"vLLM engine failed: {exc}") from exc
+        except GracefulHTTPError as exc:  # queue full: the engine is busy, not broken
+            raise TransientError(f"vLLM is overloaded: {one_line(str(exc))}") from exc
+        except (ValueError, TypeError, VLLMClientError) as exc:  # vLLM's words for a request it will not take
+            raise PermanentError(f"vLLM refused the request: {one_line(str(exc))}") from exc
+        except VLLMServerError as exc:  # the engine died or failed (EngineDeadError, EngineGenerateError)
+            raise PermanentError(f"vLLM engine failed: {one_line(str(exc))}") from exc
         if final is None:
-            raise TransportError("vLLM returned no output")
+            raise MalformedResponseError("vLLM returned no output")
         outputs = tuple(_output(choice, request.logprobs) for choice in final.outputs)
         return Completion(
             outputs=outputs,

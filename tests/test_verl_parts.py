@@ -1,0 +1,268 @@
+"""The verl transport's abort, version and error handling against a scripted
+verl client, and the conversion to verl's AgentLoopOutput. The real stack
+(Ray, verl's server actor, its trainer path) is in test_verl.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from agentfly_min import (
+    AsyncVerlConfig,
+    ContextLengthError,
+    Generate,
+    Message,
+    PermanentError,
+    Request,
+    TransientError,
+    TransportClosedError,
+    Trajectory,
+)
+from agentfly_min.transports._bridge import AsyncioThread
+from agentfly_min.transports.verl import open_verl, verl_generate
+
+pytestmark = pytest.mark.anyio
+
+EOS = 2
+
+
+@dataclass
+class Answer:
+    token_ids: list[int]
+    stop_reason: str | None = "completed"
+    global_steps: int | None = 1
+    log_probs: list[float] | None = None
+    extra_fields: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.log_probs is None:
+            self.log_probs = [-0.5] * len(self.token_ids)
+        if self.global_steps is not None:
+            self.extra_fields["global_steps"] = self.global_steps
+
+
+class ScriptedVerl:
+    """verl's client as a script: each call takes the next answer (or raises
+    the next exception) and records what it was sent."""
+
+    def __init__(self, script: Sequence[Answer | Exception]) -> None:
+        self.script = list(script)
+        self.calls: list[tuple[str, list[int], dict[str, Any]]] = []
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any]) -> Answer:
+        self.calls.append((request_id, list(prompt_ids), dict(sampling_params)))
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+class Tok:
+    eos_token_id: int | None = EOS
+
+    def decode(self, token_ids: list[int], /, *, skip_special_tokens: bool) -> str:
+        return " ".join(map(str, token_ids))
+
+    def apply_chat_template(self, conversation: Any, /, **kwargs: Any) -> Any:
+        return [1, 2, 3]
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+REQUEST = Request(prompt_ids=(7, 8), max_new_tokens=8, request_id="session-1")
+
+
+Bridge = Callable[[], AsyncioThread]
+
+
+@pytest.fixture(scope="module")
+def bridge() -> Iterator[Callable[[], AsyncioThread]]:
+    """The asyncio thread a trio caller hops to (verl's client lives on asyncio)."""
+    thread = AsyncioThread("test-verl")
+    yield lambda: thread
+    thread.stop()
+
+
+def scripted(config: AsyncVerlConfig, server: ScriptedVerl, bridge: Bridge, **options: Any) -> Generate:
+    return verl_generate(config, server, Tok(), asyncio_thread=bridge, **options)
+
+
+@pytest.mark.parametrize("word", ["aborted", "abort"])  # vLLM's server, SGLang's server
+async def test_aborts_back_off_and_resume_with_per_token_versions(word: str, bridge: Bridge) -> None:
+    server = ScriptedVerl([Answer([10, 11], word, 3), Answer([], word, 3), Answer([12], word, 4), Answer([13, EOS], "completed", 4)])
+    sleeps = Sleeps()
+    config = AsyncVerlConfig(abort_backoff=0.5, abort_backoff_max=1.5)
+    generate = scripted(config, server, bridge, sleep=sleeps, random=lambda: 0.0)
+    completion = await generate(REQUEST)
+    (output,) = completion.outputs
+    assert output.token_ids == (10, 11, 12, 13, EOS) and output.finish_reason == "stop"
+    assert output.weight_versions == (3, 3, 4, 4, 4)
+    assert completion.weight_version == 4
+    assert sleeps.delays == [0.5, 1.0, 1.5]  # doubling, capped
+    # Each resend carries the tokens so far and asks only for what is left, in one session.
+    assert [(rid, prompt, params["max_tokens"]) for rid, prompt, params in server.calls] == [
+        ("session-1", [7, 8], 8),
+        ("session-1", [7, 8, 10, 11], 6),
+        ("session-1", [7, 8, 10, 11], 6),
+        ("session-1", [7, 8, 10, 11, 12], 5),
+    ]
+
+
+async def test_backoff_has_jitter_of_at_most_a_quarter(bridge: Bridge) -> None:
+    server = ScriptedVerl([Answer([], "aborted"), Answer([5])])
+    sleeps = Sleeps()
+    generate = scripted(AsyncVerlConfig(abort_backoff=2.0), server, bridge, sleep=sleeps, random=lambda: 0.999)
+    await generate(REQUEST)
+    assert sleeps.delays == [pytest.approx(2.0 * (1 - 0.25 * 0.999))]
+
+
+async def test_retry_drops_the_old_weights_tokens(bridge: Bridge) -> None:
+    server = ScriptedVerl([Answer([10, 11], "aborted", 3), Answer([20, EOS], "completed", 4)])
+    generate = scripted(AsyncVerlConfig(on_abort="retry"), server, bridge, sleep=Sleeps())
+    (output,) = (await generate(REQUEST)).outputs
+    assert output.token_ids == (20, EOS) and output.weight_versions == (4, 4)
+    assert server.calls[1][1] == [7, 8]  # started again from the prompt
+
+
+async def test_too_many_aborts_is_a_transient_error(bridge: Bridge) -> None:
+    server = ScriptedVerl([Answer([], "aborted")] * 3)
+    generate = scripted(AsyncVerlConfig(max_aborts=2), server, bridge, sleep=Sleeps())
+    with pytest.raises(TransientError, match="aborted the request 3 time"):
+        await generate(REQUEST)
+
+
+async def test_logprobs_only_when_asked_and_versions_only_when_known(bridge: Bridge) -> None:
+    server = ScriptedVerl([Answer([5, 6], global_steps=None), Answer([5, 6])])
+    generate = scripted(AsyncVerlConfig(logprobs=False), server, bridge, sleep=Sleeps())
+    (output,) = (await generate(REQUEST)).outputs
+    assert output.logprobs is None and output.weight_versions is None
+    (output,) = (await generate(Request(prompt_ids=(7,), logprobs=True))).outputs
+    assert output.logprobs == (-0.5, -0.5) and output.weight_versions == (1, 1)
+    assert server.calls[1][2]["logprobs"] is True and server.calls[0][2]["logprobs"] is False
+
+
+async def test_a_length_stop_before_max_tokens_is_length(bridge: Bridge) -> None:
+    """verl's server clamps max_tokens to the context left and says "length"."""
+    server = ScriptedVerl([Answer([5, 6, 7], "length")])
+    (output,) = (await scripted(AsyncVerlConfig(), server, bridge)(REQUEST)).outputs
+    assert output.finish_reason == "length" and len(output.token_ids or ()) < 8
+
+
+def _ray_task_error(cause: Exception) -> Exception:
+    from ray.exceptions import RayTaskError
+
+    coloured = f"\x1b[36mray::vLLMHttpServer.generate()\x1b[39m (pid=1)\n  File \"x.py\", line 3\n{type(cause).__name__}: {cause}"
+    wrapped: Exception = RayTaskError("generate", coloured, cause).as_instanceof_cause()  # type: ignore[no-untyped-call]
+    return wrapped
+
+
+async def test_server_refusals_are_typed_one_line_errors(bridge: Bridge) -> None:
+    from ray.exceptions import ActorDiedError
+
+    cases: list[tuple[Exception, type[Exception], str]] = [
+        (_ray_task_error(ValueError("Prompt length (2000) leaves no room to generate")), ContextLengthError, "leaves no room"),
+        (_ray_task_error(ValueError("token id 99999 out of vocabulary")), PermanentError, "out of vocabulary"),
+        (_ray_task_error(AssertionError("max_tokens 0 not in valid range")), PermanentError, "not in valid range"),
+        (ActorDiedError(), TransientError, "actor died"),
+    ]
+    for raised, expected, text in cases:
+        generate = scripted(AsyncVerlConfig(), ScriptedVerl([raised]), bridge)
+        with pytest.raises(expected, match=text) as info:
+            await generate(REQUEST)
+        message = str(info.value)
+        assert "\n" not in message and "\x1b" not in message, message
+
+
+async def test_a_closed_transport_says_so() -> None:
+    async with open_verl(AsyncVerlConfig(), ScriptedVerl([Answer([5])]), Tok()) as generate:
+        await generate(REQUEST)
+    with pytest.raises(TransportClosedError, match="after its `open_verl` block"):
+        await generate(REQUEST)
+
+
+async def test_trio_callers_are_bridged_and_get_the_same_answers() -> None:
+    server = ScriptedVerl([Answer([5, 6, EOS])] * 3)
+    async with open_verl(AsyncVerlConfig(), server, Tok()) as generate:
+        completion = await generate(Request(prompt_ids=(1,), n=3, max_new_tokens=4))
+    assert [o.token_ids for o in completion.outputs] == [(5, 6, EOS)] * 3
+
+
+# --- verl's AgentLoopOutput ------------------------------------------------------
+
+
+def _trajectory(**fields: Any) -> Trajectory:
+    base: dict[str, Any] = dict(
+        task_id="t",
+        group_id="t",
+        request_id="r",
+        messages=(Message(role="user", content="q"),),
+        finish_reason="answer",
+        num_turns=3,
+        tool_rounds=2,
+        token_level=True,
+        prompt_ids=(1, 2, 3),
+        response_ids=(10, 11, 90, 91, 12, 92, 13),
+        response_mask=(1, 1, 0, 0, 1, 0, 1),
+        response_logprobs=(-0.1, -0.2, 0.0, 0.0, -0.3, 0.0, -0.4),
+        response_versions=(4, 4, -1, -1, 5, -1, 5),
+        weight_versions=(4, 5, 5),
+        reward=1.0,
+    )
+    base.update(fields)
+    return Trajectory(**base)
+
+
+def test_output_counts_turns_like_verl_and_keeps_versions() -> None:
+    from agentfly_min.integrations.verl import to_agent_loop_output
+
+    out = to_agent_loop_output(_trajectory(), response_length=100, logprobs=True)
+    assert out.num_turns == 1 + 3 + 2  # the prompt, three model turns, two rounds of tool results
+    assert out.response_logprobs == [-0.1, -0.2, 0.0, 0.0, -0.3, 0.0, -0.4]
+    assert out.extra_fields["min_global_steps"] == 4 and out.extra_fields["max_global_steps"] == 5
+    assert out.extra_fields["agentfly_token_versions"] == [4, 4, -1, -1, 5, -1, 5]
+    assert out.extra_fields["agentfly_failed"] is False and out.reward_score == 1.0
+    cut = to_agent_loop_output(_trajectory(), response_length=3, logprobs=False)
+    assert cut.response_ids == [10, 11, 90] and cut.response_mask == [1, 1, 0] and cut.response_logprobs is None
+    assert cut.extra_fields["min_global_steps"] == cut.extra_fields["max_global_steps"] == 4  # only tokens kept count
+
+
+def test_a_failed_episode_is_a_marked_row_not_an_empty_one() -> None:
+    from agentfly_min.integrations.verl import to_agent_loop_output
+
+    remote = "TransientError: verl aborted\x1b[31m\n  File 'a.py', line 1\n  File 'b.py', line 2\nRayTaskError: boom\x1b[0m"
+    failed = _trajectory(error=remote, reward=None, finish_reason="error")
+    out = to_agent_loop_output(failed, response_length=100, logprobs=True)
+    assert out.prompt_ids == [1, 2, 3] and out.response_ids == list(failed.response_ids)
+    assert out.response_mask == [0] * 7 and out.response_logprobs == [0.0] * 7
+    assert out.reward_score == 0.0  # keeps the batch's rm_scores; the mask keeps it out of the loss
+    assert out.extra_fields["agentfly_failed"] is True
+    error = out.extra_fields["agentfly_error"]
+    assert error.startswith("TransientError: verl aborted") and error.endswith("RayTaskError: boom")
+    assert "\n" not in error and "\x1b" not in error
+    # With verl's reward manager scoring (no reward of ours), the score is left to it.
+    assert to_agent_loop_output(failed, response_length=100, logprobs=False, owns_reward=False).reward_score is None
+    raising = to_agent_loop_output(_trajectory(reward=None, reward_error="KeyError: 'answer'"), response_length=100, logprobs=True)
+    assert raising.extra_fields["agentfly_failed"] is True and raising.response_mask == [0] * 7
+    missing = to_agent_loop_output(_trajectory(response_logprobs=None), response_length=100, logprobs=True)
+    assert missing.extra_fields["agentfly_failed"] is True and "no logprobs" in missing.extra_fields["agentfly_error"]
+
+
+async def test_a_full_context_ends_the_episode_with_context(bridge: Bridge) -> None:
+    """Through the agent loop: an engine whose context is full ends the
+    episode with "context", not an error."""
+    from agentfly_min import Agent, run_agent
+
+    server = ScriptedVerl([_ray_task_error(ValueError("Prompt length (900) leaves no room to generate"))])
+    agent = Agent(model_name_or_path="m", backend="async_verl")
+    async with open_verl(AsyncVerlConfig(), server, Tok()) as generate:
+        trajectory = await run_agent(agent, generate, {"question": "q"})
+    assert trajectory.finish_reason == "context" and trajectory.error is None
