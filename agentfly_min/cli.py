@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import anyio
 import msgspec
@@ -30,14 +30,15 @@ def _work_dir(args: argparse.Namespace) -> Path:
     return path
 
 
-def _prepare_environment(work_dir: Path) -> None:
+def _prepare_environment(work_dir: Path, *, offline: bool) -> None:
     # vLLM, torch and Ray read these when imported: queues on loopback, no
-    # usage reports, temp files and caches under the work folder.
+    # usage reports, temp files and caches under the work folder; the hub
+    # offline only for a local model folder, and only if not set already.
     import tempfile
 
     from .testing.vllm_cpu import cpu_environment
 
-    os.environ.update(cpu_environment(work_dir))
+    os.environ.update(cpu_environment(work_dir, offline=offline))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the table readable
     tempfile.tempdir = None
 
@@ -73,6 +74,28 @@ def _positive(text: str) -> int:
     return value
 
 
+def _not_a_model(path: Path) -> str | None:
+    """Why ``path`` is not a model folder the bench can load, or None."""
+    if not path.exists():
+        return "no such file or folder"
+    if not path.is_dir():
+        return "not a folder (give a Hugging Face model folder)"
+    missing = [name for name in ("config.json",) if not (path / name).is_file()]
+    if missing:
+        return f"not a Hugging Face model folder (no {', '.join(missing)})"
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return "the model folder has no tokenizer (tokenizer.json / tokenizer_config.json)"
+    return None
+
+
+def _device(choice: str) -> Literal["cpu", "cuda"]:
+    from .testing.vllm_cpu import detect_device
+
+    if choice == "auto":
+        return detect_device()
+    return "cuda" if choice == "cuda" else "cpu"
+
+
 def bench(args: argparse.Namespace) -> int:
     """Run one agent workload through each transport and its raw counterpart."""
     from rich.console import Console
@@ -82,8 +105,13 @@ def bench(args: argparse.Namespace) -> int:
     from .testing import tiny_model
 
     console = Console(stderr=True)
+    if args.model is not None:
+        problem = _not_a_model(Path(args.model))
+        if problem:
+            print(f"agentfly-min bench: --model {args.model}: {problem}", file=sys.stderr)
+            return 2
     work_dir = _work_dir(args)
-    _prepare_environment(work_dir)
+    _prepare_environment(work_dir, offline=True)  # the bench takes model folders only
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.model is None:
@@ -91,6 +119,8 @@ def bench(args: argparse.Namespace) -> int:
         model, random_weights = str(tiny_model(work_dir / "models")), True
     else:
         model, random_weights = str(Path(args.model).resolve()), False
+    device = _device(args.device)
+    console.print(f"Device: {device}" + (" (no GPU found: CPU settings)" if device == "cpu" and args.device == "auto" else ""))
     options = BenchOptions(
         model=model,
         random_weights=random_weights,
@@ -100,6 +130,7 @@ def bench(args: argparse.Namespace) -> int:
         loop=args.backend_lib,
         work_dir=str(work_dir),
         repeat=args.repeat,
+        device=device,
     )
     latest: list[BenchReport] = []
     failures: dict[str, str] = {}
@@ -128,6 +159,9 @@ def bench(args: argparse.Namespace) -> int:
                 run_bench(options, on_result=keep, progress=progress, failures=failures, should_stop=stop.is_set)
             except KeyboardInterrupt:
                 interrupted = True
+            except ConfigError as exc:
+                console.print(f"[red]agentfly-min bench: {exc}")
+                return 2
     finally:
         signal.signal(signal.SIGINT, previous)
     if not latest:
@@ -167,7 +201,7 @@ def rollout_command(args: argparse.Namespace) -> int:
 
     tasks = read_tasks(Path(args.tasks), bad_line)
     if spec.backend != "client":
-        _prepare_environment(work_dir)
+        _prepare_environment(work_dir, offline=Path(spec.model).exists())
     finished: Counter[str] = Counter()
 
     def on_trajectory(done: int, total: int, trajectory: Any) -> None:
@@ -177,7 +211,15 @@ def rollout_command(args: argparse.Namespace) -> int:
     try:
         ran = anyio.run(
             lambda: run_rollout_file(
-                agent, spec, tasks, Path(args.out), n=args.n, concurrency=args.concurrency, work_dir=work_dir, on_trajectory=on_trajectory
+                agent,
+                spec,
+                tasks,
+                Path(args.out),
+                n=args.n,
+                concurrency=args.concurrency,
+                work_dir=work_dir,
+                on_trajectory=on_trajectory,
+                device=_device(args.device),
             ),
             backend=args.backend_lib,
         )
@@ -250,6 +292,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=_positive, default=3, help="rounds per measurement (ours and raw alternate); medians reported")
     b.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
     b.add_argument("--work-dir", default=".cache/bench", help="models, caches and temp files")
+    b.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto",
+        help="settings of the local engines: auto picks cuda where torch sees a GPU, else the CPU settings",
+    )  # fmt: skip
     b.set_defaults(run=bench)
 
     r = commands.add_parser("rollout", help="run an agent from a TOML file over a JSONL task file")
@@ -260,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--concurrency", type=_positive, default=32, help="chains in flight")
     r.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
     r.add_argument("--work-dir", default=".cache/rollout", help="caches and temp files for local engines")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="settings of a local verl stack (see bench)")
     r.set_defaults(run=rollout_command)
 
     d = commands.add_parser("demo", help=demo.__doc__.splitlines()[0] if demo.__doc__ else None)

@@ -147,7 +147,9 @@ def read_done(path: Path) -> set[tuple[str, int]]:
 
 
 @asynccontextmanager
-async def _transport(agent: Agent, spec: AgentSpec, work_dir: Path) -> AsyncIterator[tuple[Generate, Any]]:
+async def _transport(
+    agent: Agent, spec: AgentSpec, work_dir: Path, device: Literal["cpu", "cuda"]
+) -> AsyncIterator[tuple[Generate, Any]]:
     """The agent's transport, plus a tokenizer for token-exact trajectories
     where the transport works in tokens."""
     from .transports import open_backend, open_verl
@@ -168,7 +170,7 @@ async def _transport(agent: Agent, spec: AgentSpec, work_dir: Path) -> AsyncIter
 
     from .testing.verl_cpu import VerlCluster
 
-    cluster = VerlCluster(spec.model, work_dir=work_dir)
+    cluster = VerlCluster(spec.model, work_dir=work_dir, device=device)
     await anyio.to_thread.run_sync(cluster.__enter__)
     try:
         async with open_verl(config, cluster.client, tokenizer) as generate:
@@ -187,6 +189,7 @@ async def run_rollout_file(
     concurrency: int,
     work_dir: Path,
     on_trajectory: Callable[[int, int, Trajectory], None],
+    device: Literal["cpu", "cuda"] = "cpu",
 ) -> int:
     """Run every (task, chain) not yet in ``out`` and append each trajectory
     to ``out`` as it finishes (flushed line by line). Returns how many ran."""
@@ -198,7 +201,7 @@ async def run_rollout_file(
             sink.flush()
             on_trajectory(count, total, trajectory)
 
-        async with _transport(agent, spec, work_dir) as (generate, tokenizer):
+        async with _transport(agent, spec, work_dir, device) as (generate, tokenizer):
             results = await rollout(
                 agent, generate, tasks, n=n, concurrency=concurrency, tokenizer=tokenizer, progress=written, skip=done
             )

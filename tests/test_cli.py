@@ -141,28 +141,80 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bench_interrupted_leaves_a_clean_summary_and_nothing_running(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["vllm", "verl"])
+def test_bench_interrupted_from_a_terminal_leaves_a_summary_and_nothing_running(transport: str, tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group, so the
+    engine processes (vLLM's engine core; Ray and verl's server actor) get it
+    too and die mid-measurement."""
+    import os
+
     import psutil
+
+    from agentfly_min.testing._shm import shm_entries
 
     from .vllm_support import assert_gone
 
     args = [
-        sys.executable, "-m", "agentfly_min", "bench", "--transports", "vllm,client", "--tasks", "2", "--chains", "2",
+        sys.executable, "-m", "agentfly_min", "bench", "--transports", transport, "--tasks", "2", "--chains", "2",
         "--turns", "2", "--new-tokens", "8", "--concurrency", "1,2,4", "--repeat", "2",
         "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
     ]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shm_before = shm_entries()
+    # A session of its own, like a terminal's foreground job: killpg reaches every process in it.
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     report_path = tmp_path / "bench.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not report_path.exists():
         time.sleep(0.2)  # the report is written after every measurement
     assert report_path.exists(), "no measurement finished"
     children = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGINT)
+    assert children, "the engine runs in child processes"
+    os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr[-2000:]
     assert "Interrupted: the table and files hold what finished." in stderr
+    assert "Traceback" not in stderr, stderr[-3000:]
     report = msgspec.json.decode(report_path.read_bytes(), type=BenchReport)
-    assert report.interrupted and 1 <= len(report.results) < 6
+    assert report.interrupted and 1 <= len(report.results) < 3
+    assert all(r.errors == 0 for r in report.results)  # no half-dead measurement was kept
     assert "vs raw" in stdout  # the table of what finished
     assert_gone(children, timeout=60)
+    assert shm_entries() - shm_before == set()
+
+
+def test_bench_refuses_a_path_that_is_not_a_model_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "no-tokenizer").mkdir()
+    (tmp_path / "no-tokenizer" / "config.json").write_text("{}")
+    cases = {
+        str(tmp_path / "missing"): "no such file or folder",
+        str(tmp_path / "file.txt"): "not a folder (give a Hugging Face model folder)",
+        str(tmp_path): "not a Hugging Face model folder (no config.json)",
+        str(tmp_path / "no-tokenizer"): "the model folder has no tokenizer (tokenizer.json / tokenizer_config.json)",
+    }
+    for model, says in cases.items():
+        result = cli("bench", "--model", model, "--out", str(tmp_path / "out"), timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == f"agentfly-min bench: --model {model}: {says}"
+    assert not (tmp_path / "out").exists()  # refused before anything started
+
+
+def test_local_stacks_pick_cpu_settings_only_without_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from agentfly_min.testing.vllm_cpu import VLLMServer, cpu_environment, detect_device, local_engine_config
+
+    assert detect_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert local_engine_config("cpu").kv_cache_memory_bytes == 128 << 20
+    gpu = local_engine_config("cuda")
+    assert gpu.kv_cache_memory_bytes is None and not gpu.enforce_eager and gpu.dtype == "auto" and gpu.engine_args == {}
+    cpu_args = VLLMServer("m", work_dir=tmp_path, device="cpu")._args
+    gpu_args = VLLMServer("m", work_dir=tmp_path, device="cuda")._args
+    assert "--enforce-eager" in cpu_args and "--kv-cache-memory-bytes" in cpu_args
+    assert "--enforce-eager" not in gpu_args and "--kv-cache-memory-bytes" not in gpu_args and "--dtype" not in gpu_args
+    # The hub is put offline only for a local model folder, and never over the user's own setting.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert cpu_environment(tmp_path)["HF_HUB_OFFLINE"] == "1"
+    assert "HF_HUB_OFFLINE" not in cpu_environment(tmp_path, offline=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert "HF_HUB_OFFLINE" not in cpu_environment(tmp_path)

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from agentfly_min import Agent, AsyncVerlConfig, Completion, Generate, Request, TransientError, rollout
+from agentfly_min.testing._shm import shm_entries
 from agentfly_min.testing.verl_cpu import VerlCluster
 from agentfly_min.tools import calculator
 from agentfly_min.transports.verl import open_verl
@@ -31,11 +32,14 @@ FORCED_CALL = r'<tool_call>\n\{"name": "calculator", "arguments": \{"expression"
 @pytest.fixture(scope="module")
 def cluster(tiny_model_path: Path) -> Iterator[VerlCluster]:
     before = {p.pid for p in engine_children()}
+    shm_before = shm_entries()
     with VerlCluster(tiny_model_path, work_dir=WORK, aliases=2) as running:
         started = [p for p in engine_children() if p.pid not in before]
         assert started, "Ray and the server run as child processes"
+        assert shm_entries() - shm_before, "the engine's queues live in /dev/shm (else this check is void)"
         yield running
-    assert_gone(started, timeout=60)  # Ray, the server actor and its engine
+    assert_gone(started, timeout=60)  # Ray, the server actor, its engine and the agent-loop workers
+    assert shm_entries() - shm_before == set()  # no shared memory left behind
 
 
 def forcing_first_turn(inner: Generate) -> Generate:

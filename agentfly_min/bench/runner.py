@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import statistics
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from .._text import one_line
 from ..configs import AsyncVerlConfig, ClientConfig
+from ..errors import ConfigError
 from ..transports.client import open_client
 from ..transports.verl import open_verl
 from ..transports.vllm import VLLMEngine, vllm_generate
@@ -35,6 +38,7 @@ class BenchOptions(msgspec.Struct, frozen=True, kw_only=True):
     loop: Literal["asyncio", "trio"]
     work_dir: str
     repeat: int = 3
+    device: Literal["cpu", "cuda"] = "cpu"
 
 
 class MemorySampler:
@@ -80,9 +84,9 @@ Runner = Callable[[Workload, Callable[[], None]], RunStats]
 
 @contextmanager
 def _vllm(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
-    from ..testing.vllm_cpu import cpu_engine_config
+    from ..testing.vllm_cpu import local_engine_config
 
-    engine = VLLMEngine.start(cpu_engine_config(), options.model)
+    engine = VLLMEngine.start(local_engine_config(options.device), options.model)
     try:
 
         def ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
@@ -104,7 +108,7 @@ def _client(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Run
 
     from ..testing.vllm_cpu import VLLMServer
 
-    with VLLMServer(options.model, work_dir=Path(options.work_dir), max_model_len=1024) as server:
+    with VLLMServer(options.model, work_dir=Path(options.work_dir), max_model_len=1024, device=options.device) as server:
         config = ClientConfig(base_url=server.base_url, model=server.model, timeout=300)
 
         async def run_ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
@@ -125,7 +129,7 @@ def _client(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Run
 def _verl(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
     from ..testing.verl_cpu import VerlCluster
 
-    with VerlCluster(options.model, work_dir=Path(options.work_dir)) as cluster:
+    with VerlCluster(options.model, work_dir=Path(options.work_dir), device=options.device) as cluster:
 
         async def run_ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
             async with open_verl(AsyncVerlConfig(), cluster.client, tokenizer) as generate:
@@ -194,7 +198,10 @@ def run_bench(
     with :class:`KeyboardInterrupt`, everything shut down on the way out."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(options.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(options.model)
+    except (OSError, ValueError) as exc:  # transformers' words for a folder it cannot read
+        raise ConfigError("model", f"cannot load its tokenizer: {one_line(str(exc), 300)}") from None
     results: list[RunResult] = []
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     env = environment()
@@ -215,6 +222,27 @@ def run_bench(
         )
 
     chains = options.workload.tasks * options.workload.chains
+
+    def interrupted() -> bool:
+        # Ctrl-C in a terminal reaches the whole process group: engine
+        # processes die of it while our handler is still to run. Give the
+        # handler a moment before calling a failure a failure.
+        deadline = time.monotonic() + 1.0
+        while not should_stop() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return should_stop()
+
+    def measure(run: Runner, workload: Workload, label: str) -> RunStats:
+        try:
+            stats = run(workload, progress(label, chains))
+        except Exception:  # noqa: BLE001 - whatever a dying engine raises, when we were told to stop
+            if interrupted():
+                raise KeyboardInterrupt from None
+            raise
+        if stats.errors and interrupted():
+            raise KeyboardInterrupt  # the signal reached the engines mid-run: the measurement is void
+        return stats
+
     for name in options.transports:
         try:
             with _STARTERS[name](options, tokenizer) as (ours, raw):
@@ -226,8 +254,8 @@ def run_bench(
                     # batches of a new shape pay one-time costs (kernel set-up,
                     # the first Ray calls) that would land on whoever goes first.
                     warm = msgspec.structs.replace(workload, turns=1)
-                    ours(warm, progress(f"{name} x{level} warm-up", chains))
-                    raw(warm, progress(f"{name} x{level} warm-up raw", chains))
+                    measure(ours, warm, f"{name} x{level} warm-up")
+                    measure(raw, warm, f"{name} x{level} warm-up raw")
                     # Alternate ours and raw, `repeat` times, and keep medians:
                     # on two cores one run is noisy, and order effects cancel.
                     mine: list[RunStats] = []
@@ -236,8 +264,8 @@ def run_bench(
                         for round_ in range(options.repeat):
                             if should_stop():
                                 raise KeyboardInterrupt
-                            mine.append(ours(workload, progress(f"{name} x{level} agentfly_min #{round_ + 1}", chains)))
-                            theirs.append(raw(workload, progress(f"{name} x{level} raw #{round_ + 1}", chains)))
+                            mine.append(measure(ours, workload, f"{name} x{level} agentfly_min #{round_ + 1}"))
+                            theirs.append(measure(raw, workload, f"{name} x{level} raw #{round_ + 1}"))
                     results.append(_result(name, options.loop, level, mine, theirs, memory.peak))
                     on_result(report())
         except (ImportError, RuntimeError, TimeoutError, OSError, ValueError) as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._shm import shm_entries, sweep_shm
-from .vllm_cpu import cpu_environment
+from .vllm_cpu import Device, cpu_environment
 
 __all__ = ["VerlCluster"]
 
@@ -46,7 +46,10 @@ class VerlCluster:
     verl vLLM server, and gives ``cluster.client`` (verl's
     ``LLMServerClient``). ``aliases`` registers the one server under that many
     ids with the balancer (so sticky routing is observable without a second
-    engine on two cores). On exit the actor is killed and Ray shut down.
+    engine on two cores). ``device="cpu"`` uses the CPU settings and asks
+    Ray for no GPU; ``"cuda"`` gives the server actor one GPU and vLLM's own
+    memory and graph settings. On exit the agent-loop workers and the actor
+    are killed, Ray is shut down and the engine's shared memory removed.
     """
 
     def __init__(
@@ -59,8 +62,10 @@ class VerlCluster:
         prompt_length: int = 512,
         response_length: int = 512,
         kv_cache_bytes: int = 128 << 20,
+        device: Device = "cpu",
     ) -> None:
         self.model = str(model)
+        self.device = device
         self._work_dir = work_dir
         self._aliases = aliases
         self.max_model_len = max_model_len
@@ -76,11 +81,13 @@ class VerlCluster:
     def __enter__(self) -> VerlCluster:
         import ray
 
-        os.environ.update(cpu_environment(self._work_dir))
+        os.environ.update(cpu_environment(self._work_dir, offline=Path(self.model).exists()))
         self._shm_before = shm_entries()
         ray_dir = self._work_dir / "ray"
         ray_dir.mkdir(parents=True, exist_ok=True)
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False)
+        ray.init(
+            num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False
+        )
         try:
             self._start()
         except BaseException:
@@ -104,16 +111,17 @@ class VerlCluster:
             n_gpus_per_node=1,
             tensor_model_parallel_size=1,
             load_format="auto",  # real weights from the folder, not "dummy"
-            enforce_eager=True,
-            enable_sleep_mode=False,  # not supported on CPU
+            enforce_eager=self.device == "cpu",
+            enable_sleep_mode=False,  # not supported on CPU; a trainer turns it on
             max_model_len=self.max_model_len,
             prompt_length=self.prompt_length,
             response_length=self.response_length,
             max_num_seqs=64,
             max_num_batched_tokens=2048,
-            engine_kwargs={"vllm": {"kv_cache_memory_bytes": self._kv_cache_bytes}},
+            engine_kwargs={"vllm": {"kv_cache_memory_bytes": self._kv_cache_bytes}} if self.device == "cpu" else {},
         )
-        actor = ray.remote(vLLMHttpServer).options(name="vllm_server_0_0", max_concurrency=1000, num_cpus=0)
+        gpus = {"num_gpus": 1} if self.device == "cuda" else {}
+        actor = ray.remote(vLLMHttpServer).options(name="vllm_server_0_0", max_concurrency=1000, num_cpus=0, **gpus)
         self.server = actor.remote(
             config=config,
             model_config=HFModelConfig(path=self.model),
@@ -123,7 +131,8 @@ class VerlCluster:
             node_rank=0,
             gpus_per_node=1,
             nnodes=1,
-            cuda_visible_devices="",
+            # Ray sets CUDA_VISIBLE_DEVICES in an actor that holds a GPU.
+            cuda_visible_devices="" if self.device == "cpu" else "0",
         )
         ray.get(self.server.launch_server.remote())
         host, port = ray.get(self.server.get_server_address.remote())

@@ -12,10 +12,39 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal, TypeAlias
 
 from ..configs import AsyncVLLMConfig
 
-__all__ = ["VLLMServer", "free_port", "cpu_environment", "cpu_engine_config"]
+__all__ = [
+    "Device",
+    "VLLMServer",
+    "free_port",
+    "cpu_environment",
+    "cpu_engine_config",
+    "detect_device",
+    "local_engine_config",
+]
+
+Device: TypeAlias = Literal["cpu", "cuda"]
+
+
+def detect_device() -> Device:
+    """``"cuda"`` where torch sees a GPU (honouring ``CUDA_VISIBLE_DEVICES``),
+    else ``"cpu"``; the local stacks pick their settings from it."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu"
+
+
+def local_engine_config(device: Device, max_model_len: int = 1024) -> AsyncVLLMConfig:
+    """The CPU settings on a CPU; on a GPU, vLLM's own defaults (its memory
+    fraction, CUDA graphs, its executor) with the same context length."""
+    if device == "cpu":
+        return cpu_engine_config(max_model_len)
+    return AsyncVLLMConfig(max_model_len=max_model_len)
 
 
 def cpu_engine_config(max_model_len: int = 1024) -> AsyncVLLMConfig:
@@ -38,15 +67,17 @@ def free_port() -> int:
         return port
 
 
-def cpu_environment(work_dir: Path) -> dict[str, str]:
-    """Environment for vLLM (and Ray) on a CPU-only machine with no model hub:
-    queues and Ray on loopback, no usage reports, temp files and caches under
-    ``work_dir``."""
+def cpu_environment(work_dir: Path, *, offline: bool = True) -> dict[str, str]:
+    """Environment for vLLM (and Ray) on one machine: queues and Ray on
+    loopback, no usage reports, temp files and caches under ``work_dir``;
+    with ``offline`` (a local model folder needs no hub) ``HF_HUB_OFFLINE=1``,
+    unless the environment already says otherwise."""
     tmp = work_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
+    hub = {"HF_HUB_OFFLINE": "1"} if offline and "HF_HUB_OFFLINE" not in os.environ else {}
     return {
+        **hub,
         "VLLM_HOST_IP": "127.0.0.1",
-        "HF_HUB_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
         "TMPDIR": str(tmp),
         "VLLM_CACHE_ROOT": str(work_dir / "vllm"),
@@ -73,23 +104,25 @@ class VLLMServer:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 300.0,
+        device: Device = "cpu",
     ) -> None:
         self.model = str(model)
         self.port = free_port()
         self._work_dir = work_dir
+        # On a CPU: bfloat16, no graph capture, a fixed KV cache. On a GPU
+        # vLLM's defaults fit better than anything chosen here.
+        cpu_only = ["--dtype", "bfloat16", "--enforce-eager", "--kv-cache-memory-bytes", str(kv_cache_bytes)]
         self._args = [
             "--model", self.model,
             "--host", "127.0.0.1",
             "--port", str(self.port),
-            "--dtype", "bfloat16",
-            "--enforce-eager",
+            *(cpu_only if device == "cpu" else []),
             "--max-model-len", str(max_model_len),
-            "--kv-cache-memory-bytes", str(kv_cache_bytes),
             "--enable-auto-tool-choice",
             "--tool-call-parser", "hermes",
             *extra_args,
         ]  # fmt: skip
-        self._env = {**os.environ, **cpu_environment(work_dir), **(env or {})}
+        self._env = {**os.environ, **cpu_environment(work_dir, offline=Path(model).exists()), **(env or {})}
         self._timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self.log_path = work_dir / f"vllm-server-{self.port}.log"
