@@ -1,10 +1,17 @@
 """Parsing tool calls that a model wrote in the Hermes format.
 
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, any number per
-turn. A block that is not a JSON object with a string ``name`` (and an
-object, or a JSON string holding one, as ``arguments``), or a
-``<tool_call>`` left unclosed, becomes a :class:`MalformedToolCall` that says
-what is wrong; parsing never raises.
+turn. Model output is hostile input: parsing never raises and its cost is
+linear in the length of the text. A block that is not a JSON object with a
+string ``name`` (and an object, or a JSON string holding one, as
+``arguments``), a block nested deeper than :data:`MAX_DEPTH`, a
+``<tool_call>`` left unclosed, or calls past :data:`MAX_CALLS` in one turn
+become :class:`MalformedToolCall` records that say what is wrong. Text inside
+``<think>…</think>`` (and after an unclosed ``<think>``) is reasoning: a
+call written there is not a call.
+
+A call's ``arguments`` is the JSON text exactly as the model wrote it
+(spacing, key order, escapes), never re-serialised.
 """
 
 from __future__ import annotations
@@ -14,15 +21,25 @@ import re
 
 import msgspec
 
-__all__ = ["ParsedCall", "MalformedToolCall", "ParsedTurn", "parse_tool_calls"]
+__all__ = ["MAX_CALLS", "MAX_DEPTH", "ParsedCall", "MalformedToolCall", "ParsedTurn", "parse_tool_calls", "json_depth"]
 
-_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_OPEN = "<tool_call>"
+MAX_DEPTH = 64
+"""Deepest JSON nesting accepted in a call (Python's json recursion, and
+every tool after it, would fail far below what a model can write)."""
+MAX_CALLS = 64
+"""Most tool calls taken from one turn; the rest are reported as one error."""
+
+_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
 
 
 class ParsedCall(msgspec.Struct, frozen=True, kw_only=True):
     name: str
-    arguments: str  # JSON text of an object
+    arguments: str  # JSON text of an object, as the model wrote it
 
 
 class MalformedToolCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,40 +54,128 @@ class ParsedTurn(msgspec.Struct, frozen=True, kw_only=True):
     calls: tuple[ParsedCall | MalformedToolCall, ...] = ()
 
 
+def json_depth(text: str) -> int:
+    """The deepest bracket nesting of JSON ``text`` (strings skipped), in
+    linear time and without recursion; unbalanced text counts its peak."""
+    depth = peak = 0
+    for match in _BRACKETS.finditer(_STRINGS.sub("", text)):
+        if match.group() in "[{":
+            depth += 1
+            peak = max(peak, depth)
+        else:
+            depth -= 1
+    return peak
+
+
+def _object_members(body: str) -> dict[str, tuple[object, str]] | str:
+    """The top-level members of a JSON object as (value, raw text), or why
+    ``body`` is not one. ``body`` was checked for depth already."""
+    if not body.startswith("{"):
+        return "expected a JSON object with `name` and `arguments`"
+    members: dict[str, tuple[object, str]] = {}
+    at = _SPACE.match(body, 1).end()  # type: ignore[union-attr]  # matches the empty string at worst
+    if body.startswith("}", at):
+        end = at + 1
+    else:
+        while True:
+            if not body.startswith('"', at):
+                return f"not valid JSON (expected a key at position {at})"
+            key, at = json.decoder.scanstring(body, at + 1)  # type: ignore[attr-defined]
+            at = _SPACE.match(body, at).end()  # type: ignore[union-attr]
+            if not body.startswith(":", at):
+                return f"not valid JSON (expected ':' at position {at})"
+            at = _SPACE.match(body, at + 1).end()  # type: ignore[union-attr]
+            value, end = _DECODER.raw_decode(body, at)
+            members[key] = (value, body[at:end])
+            at = _SPACE.match(body, end).end()  # type: ignore[union-attr]
+            if body.startswith(",", at):
+                at = _SPACE.match(body, at + 1).end()  # type: ignore[union-attr]
+                continue
+            if not body.startswith("}", at):
+                return f"not valid JSON (expected ',' or '}}' at position {at})"
+            end = at + 1
+            break
+    if body[end:].strip():
+        return f"not valid JSON (extra text after the object at position {end})"
+    return members
+
+
 def _parse_block(raw: str) -> ParsedCall | MalformedToolCall:
     body = raw.strip()
+    if json_depth(body) > MAX_DEPTH:
+        return MalformedToolCall(raw=body, reason=f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        obj = json.loads(body)
+        members = _object_members(body)
     except json.JSONDecodeError as exc:
         return MalformedToolCall(raw=body, reason=f"not valid JSON ({exc.msg} at position {exc.pos})")
-    if not isinstance(obj, dict):
-        return MalformedToolCall(raw=body, reason="expected a JSON object with `name` and `arguments`")
-    name = obj.get("name")
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        return MalformedToolCall(raw=body, reason=f"not valid JSON ({exc})")
+    if isinstance(members, str):
+        return MalformedToolCall(raw=body, reason=members)
+    name = members.get("name", (None, ""))[0]
     if not isinstance(name, str) or not name:
         return MalformedToolCall(raw=body, reason="missing a string `name`")
-    arguments = obj.get("arguments", {})
-    if isinstance(arguments, str):
+    arguments, arguments_text = members.get("arguments", ({}, "{}"))
+    if isinstance(arguments, str):  # some models write the arguments as a JSON string
+        arguments_text = arguments.strip()
+        if json_depth(arguments_text) > MAX_DEPTH:
+            return MalformedToolCall(raw=body, reason=f"JSON nested deeper than {MAX_DEPTH} levels")
         try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+            arguments = json.loads(arguments_text)
+        except ValueError:
             return MalformedToolCall(raw=body, reason="`arguments` is a string that is not JSON")
     if not isinstance(arguments, dict):
         return MalformedToolCall(raw=body, reason="`arguments` must be a JSON object")
-    return ParsedCall(name=name, arguments=json.dumps(arguments, ensure_ascii=False))
+    return ParsedCall(name=name, arguments=arguments_text)
+
+
+def _visible(text: str) -> list[tuple[int, int]]:
+    """The spans of ``text`` outside ``<think>…</think>`` blocks."""
+    spans: list[tuple[int, int]] = []
+    at = 0
+    while True:
+        start = text.find(_THINK_OPEN, at)
+        if start < 0:
+            spans.append((at, len(text)))
+            return spans
+        spans.append((at, start))
+        close = text.find(_THINK_CLOSE, start + len(_THINK_OPEN))
+        if close < 0:
+            return spans  # an unclosed <think>: the rest is reasoning
+        at = close + len(_THINK_CLOSE)
 
 
 def parse_tool_calls(text: str) -> ParsedTurn:
-    """Split a model's turn into its plain content and its tool calls."""
-    first = text.find(_OPEN)
-    if first < 0:
+    """Split a model's turn into its plain content and its tool calls.
+
+    Linear in ``len(text)``: each ``<tool_call>`` is matched with the first
+    ``</tool_call>`` after it, and the first one that has none ends the
+    search (it is reported as cut off)."""
+    if _OPEN not in text:
         return ParsedTurn(content=text.strip())
     calls: list[ParsedCall | MalformedToolCall] = []
-    end = first
-    for match in _BLOCK.finditer(text, first):
-        calls.append(_parse_block(match.group(1)))
-        end = match.end()
-    rest = text[end:]
-    if _OPEN in rest:
-        tail = rest[rest.index(_OPEN) + len(_OPEN):]
-        calls.append(MalformedToolCall(raw=tail.strip(), reason="`<tool_call>` is never closed (output cut off?)"))
-    return ParsedTurn(content=text[:first].strip(), calls=tuple(calls))
+    first: int | None = None
+    extra = 0
+    for start, stop in _visible(text):
+        at = start
+        while (open_at := text.find(_OPEN, at, stop)) >= 0:
+            first = open_at if first is None else first
+            body_at = open_at + len(_OPEN)
+            close_at = text.find(_CLOSE, body_at, stop)
+            if close_at < 0:
+                unclosed = text[body_at:stop].strip()
+                calls.append(MalformedToolCall(raw=unclosed, reason="`<tool_call>` is never closed (output cut off?)"))
+                return _turn(text, first, calls, extra)
+            if len(calls) < MAX_CALLS:
+                calls.append(_parse_block(text[body_at:close_at]))
+            else:
+                extra += 1
+            at = close_at + len(_CLOSE)
+    return _turn(text, first, calls, extra)
+
+
+def _turn(text: str, first: int | None, calls: list[ParsedCall | MalformedToolCall], extra: int) -> ParsedTurn:
+    if extra:
+        calls.append(MalformedToolCall(raw="", reason=f"{extra} more tool calls past the limit of {MAX_CALLS} per turn"))
+    content = text[:first] if first is not None else text
+    return ParsedTurn(content=content.strip(), calls=tuple(calls))
