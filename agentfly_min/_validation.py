@@ -28,14 +28,19 @@ def _hints(cls: type[msgspec.Struct]) -> tuple[tuple[str, object], ...]:
 
 def check_fields(obj: msgspec.Struct) -> None:
     """Raise :class:`ConfigError` naming the first field whose value does not
-    satisfy its annotation. Nested structs are not re-checked: they checked
-    themselves when they were built."""
+    satisfy its annotation, and store what a decoder would have stored: a
+    list given for a tuple field becomes a tuple, a dict for a struct field
+    that struct. Nested structs are not re-checked: they checked themselves
+    when they were built."""
     cls = type(obj)
     for name, hint in _hints(cls):
+        value = getattr(obj, name)
         try:
-            msgspec.convert(getattr(obj, name), hint, strict=True)
+            converted = msgspec.convert(value, hint, strict=True)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{cls.__name__}.{name}", _explain(exc)) from None
+        if type(converted) is not type(value):
+            msgspec.structs.force_setattr(obj, name, converted)
 
 
 def _explain(exc: msgspec.ValidationError) -> str:

@@ -7,7 +7,7 @@ decoding one (:func:`decode_config`) with an unknown or mistyped field, raises
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeAlias, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -29,28 +29,45 @@ __all__ = [
 _MASK = "**********"
 
 
-class Secret(str):
-    """A string that does not show itself.
+class Secret:
+    """A secret (an API key) that does not show itself.
 
-    ``repr``, ``str`` and formatting print a mask, and msgspec refuses to
-    encode it unless told how (:func:`encode_config` masks it), so an API key
-    kept in a config stays out of reprs, logs, error messages and files.
-    :meth:`reveal` returns the plain string for the one place that needs it.
+    Not a ``str``: every generic path shows a mask or refuses. ``str``,
+    ``repr``, formatting and logging print ``**********``; ``json.dumps``
+    (after ``msgspec.structs.asdict``, as experiment trackers do),
+    ``msgspec.to_builtins`` and plain ``msgspec`` encoding refuse it;
+    concatenation and ``.encode()`` fail. :meth:`reveal` returns the key,
+    for the one place that sends it. Pickling keeps the real key, because
+    Ray ships configs to its workers that way: treat pickles as secret.
     """
 
-    __slots__ = ()
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"a Secret holds a str, got {type(value).__name__}")
+        self._value = value
 
     def reveal(self) -> str:
-        return str.__str__(self)
+        return self._value
 
     def __repr__(self) -> str:
-        return f"'{_MASK}'"
+        return f"Secret('{_MASK}')"
 
     def __str__(self) -> str:
         return _MASK
 
     def __format__(self, format_spec: str) -> str:
         return _MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        return (Secret, (self._value,))
 
 
 _Parallel = Annotated[int, Meta(ge=1)]
@@ -129,9 +146,10 @@ class AsyncVerlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An OpenAI-compatible chat-completions endpoint.
 
-    ``api_key`` defaults to ``$OPENAI_API_KEY`` (read when the client is
-    opened) and is kept as a :class:`Secret`. ``model`` defaults to the first
-    model the server lists. ``timeout`` is per attempt, in seconds;
+    ``api_key`` may be given as a ``str`` or a :class:`Secret` and is always
+    kept as a :class:`Secret` (a TOML or JSON string is read into one);
+    unset, ``$OPENAI_API_KEY`` is read when the client is opened. ``model`` defaults to the server's model
+    when it lists exactly one. ``timeout`` is per attempt, in seconds;
     ``max_retries`` counts retries after the first attempt. Rate limits are
     held over every window (GCRA): ``rate_limit_burst`` requests may go back
     to back, after which they are spaced ``60 / max_requests_per_minute``
@@ -140,7 +158,12 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """
 
     base_url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+\S*$")] = "http://localhost:8000/v1"
-    api_key: str | None = None
+    if TYPE_CHECKING:
+        # A plain str is accepted and kept as a Secret (msgspec cannot hold a
+        # str-or-custom union, so the runtime annotation is the narrower one).
+        api_key: str | Secret | None = None
+    else:
+        api_key: Secret | None = None
     model: str | None = None
     max_requests_per_minute: _PositiveFloat | None = None
     max_tokens_per_minute: _PositiveFloat | None = None
@@ -154,9 +177,15 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_concurrency: _PositiveInt | None = None
 
     def __post_init__(self) -> None:
+        key: object = self.api_key
+        if isinstance(key, str):  # keep it out of sight all the same
+            key = Secret(key)
+        if isinstance(key, Secret) and key.reveal() == _MASK:
+            # The mask encode_config writes is not a key: read it as unset, so
+            # a decoded log line falls back to $OPENAI_API_KEY, not to "*****".
+            key = None
+        msgspec.structs.force_setattr(self, "api_key", key)
         check_fields(self)
-        if self.api_key is not None and not isinstance(self.api_key, Secret):
-            msgspec.structs.force_setattr(self, "api_key", Secret(self.api_key))
 
 
 BackendConfig: TypeAlias = AsyncVLLMConfig | AsyncVerlConfig | ClientConfig
@@ -164,13 +193,20 @@ BackendConfig: TypeAlias = AsyncVLLMConfig | AsyncVerlConfig | ClientConfig
 _C = TypeVar("_C", AsyncVLLMConfig, AsyncVerlConfig, ClientConfig)
 
 
+def _read_secret(kind: type, value: object) -> object:
+    if kind is Secret and isinstance(value, str):
+        return Secret(value)
+    raise NotImplementedError
+
+
 def decode_config(data: bytes | str, type: type[_C], *, format: Literal["toml", "json"] = "toml") -> _C:
     """Decode a config from TOML or JSON; unknown fields, wrong types and
-    out-of-range values raise :class:`ConfigError`."""
+    out-of-range values raise :class:`ConfigError`. A key given as the mask
+    that :func:`encode_config` writes reads as unset."""
     try:
         if format == "toml":
-            return msgspec.toml.decode(data, type=type)
-        return msgspec.json.decode(data, type=type)
+            return msgspec.toml.decode(data, type=type, dec_hook=_read_secret)
+        return msgspec.json.decode(data, type=type, dec_hook=_read_secret)
     except msgspec.ValidationError as exc:
         raise ConfigError(type.__name__, str(exc)) from None
     except msgspec.DecodeError as exc:

@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 __all__ = [
     "Role",
+    "TextPart",
     "FunctionCall",
     "ToolCall",
     "Message",
@@ -33,7 +34,8 @@ __all__ = [
     "Middleware",
 ]
 
-Role: TypeAlias = Literal["system", "user", "assistant", "tool"]
+Role: TypeAlias = Literal["system", "developer", "user", "assistant", "tool"]
+"""``developer`` is OpenAI's newer name for ``system``; templates render it as one."""
 
 _PositiveInt = Annotated[int, Meta(ge=1)]
 _NonNegInt = Annotated[int, Meta(ge=0)]
@@ -46,6 +48,9 @@ class FunctionCall(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     arguments: str
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     """One tool call in an assistant message, as on the wire."""
@@ -54,22 +59,51 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     type: Literal["function"] = "function"
     function: FunctionCall
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+class TextPart(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="text"):
+    """A text part of a message's content, in the OpenAI shape
+    (``{"type": "text", "text": ...}``)."""
+
+    text: str
+
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A chat message in the OpenAI shape.
 
-    ``tool_calls`` appears on assistant messages; ``tool_call_id`` (and
-    optionally ``name``) on ``tool`` messages answering one.
+    ``content`` is text, or a list of text parts as some clients send it
+    (:attr:`text` joins them). ``tool_calls`` appears on assistant messages
+    (``null`` on the wire, as the OpenAI SDK dumps it, reads as none);
+    ``tool_call_id`` (and optionally ``name``) on ``tool`` messages
+    answering one.
     """
 
     role: Role
-    content: str | None = None
-    tool_calls: tuple[ToolCall, ...] = ()
+    content: str | tuple[TextPart, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] | None = ()
     tool_call_id: str | None = None
     name: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.tool_calls is None:
+            msgspec.structs.force_setattr(self, "tool_calls", ())
+
+    @property
+    def text(self) -> str:
+        """The content as one string ("" for none)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+    @property
+    def calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls (never None)."""
+        return self.tool_calls or ()
 
 
 class FunctionSchema(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -154,10 +188,16 @@ class Output(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     logprobs: tuple[float, ...] | None = None
     weight_versions: tuple[int, ...] | None = None
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: _NonNegInt = 0
     completion_tokens: _NonNegInt = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     @property
     def total_tokens(self) -> int:
@@ -165,20 +205,27 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The answer to a :class:`Request`: ``n`` outputs, usage, and how many
-    attempts the retry middleware needed (1 when there was no retry).
+    """The answer to a :class:`Request`: ``n`` outputs (at least one), usage,
+    how many attempts the retry middleware needed (1 when there was no retry)
+    and why each failed attempt failed (``retries``), and the seconds the
+    rate limiter held the request back (``rate_limit_seconds``).
 
     ``prompt_ids`` are the prompt's token ids when the transport tokenised it;
     ``weight_version`` is the policy version that sampled it (verl's
     ``global_steps``), when known.
     """
 
-    outputs: tuple[Output, ...]
+    outputs: Annotated[tuple[Output, ...], Meta(min_length=1)]
     usage: Usage = Usage()
     attempts: _PositiveInt = 1
+    retries: tuple[str, ...] = ()
+    rate_limit_seconds: Annotated[float, Meta(ge=0.0)] = 0.0
     model: str = ""
     prompt_ids: tuple[int, ...] | None = None
     weight_version: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 Generate: TypeAlias = Callable[[Request], Awaitable[Completion]]

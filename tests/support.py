@@ -31,7 +31,7 @@ def echo_transport() -> Generate:
 
     async def generate(request: Request) -> Completion:
         await anyio.lowlevel.checkpoint()
-        return answer(request.messages[-1].content or "", n=request.n)
+        return answer(request.messages[-1].text or "", n=request.n)
 
     return generate
 

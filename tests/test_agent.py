@@ -130,8 +130,8 @@ async def test_tool_turn_then_answer() -> None:
     assert roles == ["user", "assistant", "tool", "assistant"]
     assistant, result = trajectory.messages[1], trajectory.messages[2]
     assert assistant.content == "Let me compute."
-    assert assistant.tool_calls[0].function == FunctionCall(name="calculator", arguments='{"expression": "2+2"}')
-    assert result.content == "4" and result.tool_call_id == assistant.tool_calls[0].id
+    assert assistant.calls[0].function == FunctionCall(name="calculator", arguments='{"expression": "2+2"}')
+    assert result.content == "4" and result.tool_call_id == assistant.calls[0].id
     # The second request carries the history and the tools, under one session id.
     assert seen[1].messages == trajectory.messages[:3]
     assert seen[0].tools == (calculator.schema,)

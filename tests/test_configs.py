@@ -108,6 +108,44 @@ def test_api_key_never_shows(caplog: pytest.LogCaptureFixture) -> None:
     assert isinstance(decoded.api_key, Secret) and "sk-from-file" not in repr(decoded)
 
 
+def test_api_key_does_not_leak_through_generic_paths() -> None:
+    import json
+    import pickle
+    import traceback
+
+    config = ClientConfig(api_key="sk-very-secret")
+    key = config.api_key
+    assert isinstance(key, Secret)
+    # How configs reach experiment trackers and JSON logs: refused, not leaked.
+    with pytest.raises(TypeError):
+        json.dumps(msgspec.structs.asdict(config))
+    with pytest.raises(TypeError):
+        msgspec.to_builtins(config)
+    with pytest.raises(TypeError):
+        "Bearer " + key  # type: ignore[operator]
+    with pytest.raises(AttributeError):
+        key.encode()  # type: ignore[attr-defined]
+    shown = [str(key), repr(key), f"{key:>20}", "%s" % key, " ".join([str(key)])]
+    try:
+        raise RuntimeError("failed")
+    except RuntimeError as exc:
+        shown.append("".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format()))
+    assert all("sk-very-secret" not in text for text in shown)
+    # Ray ships configs to its workers by pickling: the key must survive that.
+    assert pickle.loads(pickle.dumps(config)).api_key == key and key.reveal() == "sk-very-secret"
+
+
+def test_a_masked_key_read_back_is_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentfly_min.transports.client import _api_key
+
+    written = encode_config(ClientConfig(api_key="sk-very-secret"))
+    assert b"sk-very-secret" not in written
+    read = decode_config(written, ClientConfig, format="json")
+    assert read.api_key is None  # not a key made of asterisks
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    assert _api_key(read) == "sk-from-env"
+
+
 def test_api_key_absent_from_error_messages() -> None:
     with pytest.raises(ConfigError) as caught:
         ClientConfig(api_key="sk-very-secret", timeout=-1)

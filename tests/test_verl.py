@@ -101,7 +101,7 @@ async def test_multi_turn_episodes_are_sticky_and_token_exact(cluster: VerlClust
         masked_in = [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m == 1]
         assert masked_in == [i for turn in sampled[t.request_id] for i in turn]
         assert t.response_logprobs is not None and len(t.response_logprobs) == len(t.response_ids)
-        assert re.fullmatch(r"\d+", t.messages[2].content or "")  # the calculator answered
+        assert re.fullmatch(r"\d+", t.messages[2].text)  # the calculator answered
     assert len({s for servers in servers_of.values() for s in servers}) == 2  # both ids were in play
 
 

@@ -200,7 +200,7 @@ async def test_agent_rollout_is_token_exact_over_the_engine(generate: Generate, 
         assert masked_in == [i for turn in sampled[t.request_id] for i in turn]
         assert 0 in t.response_mask  # the tool observation is in, masked out
         assert t.messages[2].role == "tool" and t.messages[2].content is not None
-        assert not t.messages[2].content.startswith("Error"), t.messages[2].content  # the forced call ran
+        assert not t.messages[2].text.startswith("Error"), t.messages[2].content  # the forced call ran
 
 
 def test_missing_model_is_refused_before_anything_starts(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The agent: its record, the episode loop and trajectories."""
 
 from .agent import Agent, Backend, RewardFn, Task
-from .loop import Progress, Tokenizer, rollout, run_agent, task_messages
+from .loop import Progress, Tokenizer, rollout, rollout_stream, run_agent, task_id, task_messages
 from .trajectory import EpisodeEnd, Trajectory
 
 __all__ = [
@@ -15,5 +15,7 @@ __all__ = [
     "Progress",
     "run_agent",
     "rollout",
+    "rollout_stream",
+    "task_id",
     "task_messages",
 ]

@@ -1,21 +1,33 @@
-"""Running an agent: one episode (:func:`run_agent`) and many (:func:`rollout`).
+"""Running an agent: one episode (:func:`run_agent`) and many
+(:func:`rollout`, and :func:`rollout_stream` for rollouts too large to
+hold in memory).
 
-Both are plain async functions over a :data:`~agentfly_min.Generate`, so any
+All are plain async functions over a :data:`~agentfly_min.Generate`, so any
 transport and any middleware stack drive them, on asyncio or trio.
+
+The contract: an episode always ends in a :class:`Trajectory`. A transport
+or middleware that fails (with our errors or anything else), model output
+that cannot be parsed, a tool or reward that raises: each is recorded on the
+trajectory and the other chains go on. Only cancellation propagates.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 import uuid
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Container, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..errors import ContextLengthError, TransportError
+from .._text import one_line
+from ..errors import ConfigError, ContextLengthError
 from ..records import Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, Usage
 from ..templates import MalformedToolCall, ParsedCall, parse_tool_calls
 from ..templates.qwen25 import IM_END, GENERATION_PROMPT, render, render_tool_results
@@ -23,9 +35,10 @@ from ..tools import Tool, ToolError
 from .agent import Agent, Task
 from .trajectory import EpisodeEnd, Trajectory
 
-__all__ = ["Tokenizer", "Progress", "run_agent", "rollout", "task_messages"]
+__all__ = ["Tokenizer", "Progress", "run_agent", "rollout", "rollout_stream", "task_messages", "task_id"]
 
 _log = logging.getLogger("agentfly_min.agent")
+_tool_log = logging.getLogger("agentfly_min.tools")
 
 
 class Tokenizer(Protocol):
@@ -36,6 +49,12 @@ class Tokenizer(Protocol):
 
 Progress = Callable[[int, int, Trajectory], None]
 """``progress(done, total, trajectory)``, called as each trajectory finishes."""
+
+
+def task_id(task: Task, index: int) -> str:
+    """A task's id: its ``id`` field, else ``#<index>`` (its position), which
+    an explicit id rarely takes; :func:`rollout` refuses a repeated id."""
+    return str(task["id"]) if "id" in task else f"#{index}"
 
 
 def task_messages(task: Task, system_prompt: str | None) -> tuple[Message, ...]:
@@ -51,7 +70,7 @@ def task_messages(task: Task, system_prompt: str | None) -> tuple[Message, ...]:
         messages = (Message(role="user", content=text),)
     if not messages:
         raise ValueError("a task's `messages` is empty")
-    if system_prompt is not None and messages[0].role != "system":
+    if system_prompt is not None and messages[0].role not in ("system", "developer"):
         messages = (Message(role="system", content=system_prompt), *messages)
     return messages
 
@@ -70,9 +89,7 @@ class _Tokens:
         if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
             self.dropped = len(ids) - max_prompt_tokens
             ids = ids[self.dropped :]
-            _log.warning(
-                "prompt of %d tokens cut to its last %d (max_prompt_tokens)", len(ids) + self.dropped, len(ids)
-            )
+            _log.warning("prompt of %d tokens cut to its last %d (max_prompt_tokens)", len(ids) + self.dropped, len(ids))
         self.prompt_ids = ids
         end = tokenizer.encode(IM_END, add_special_tokens=False)
         if len(end) != 1:
@@ -101,81 +118,104 @@ class _Tokens:
             else:
                 self.versions = None
 
-    def injected(self, text: str) -> None:
+    def observation(self, last_output: Output, results: Sequence[Message], room: int | None) -> bool:
+        """Splice in what follows a sampled turn: the end of the assistant
+        turn (if the model did not sample it), the tool results, and the next
+        generation prompt; exactly the text the template would put there.
+        At most ``room`` tokens go in; returns False when the splice had to
+        be cut there (the budget is spent)."""
+        sampled = last_output.token_ids or ()
+        ended = bool(sampled) and sampled[-1] == self.end_id
+        text = ("" if ended else IM_END) + "\n" + render_tool_results(results) + GENERATION_PROMPT
         ids = self._tokenizer.encode(text, add_special_tokens=False)
+        fits = room is None or len(ids) <= room
+        if not fits:
+            ids = ids[: max(room or 0, 0)]
         self.ids.extend(ids)
         self.mask.extend([0] * len(ids))
         if self.logprobs is not None:
             self.logprobs.extend([0.0] * len(ids))
         if self.versions is not None:
             self.versions.extend([-1] * len(ids))
+        return fits
 
-    def observation(self, last_output: Output, results: Sequence[Message]) -> None:
-        """Splice in what follows a sampled turn: the end of the assistant
-        turn (if the model did not sample it), the tool results, and the next
-        generation prompt; exactly the text the template would put there."""
-        sampled = last_output.token_ids or ()
-        ended = bool(sampled) and sampled[-1] == self.end_id
-        self.injected(("" if ended else IM_END) + "\n" + render_tool_results(results) + GENERATION_PROMPT)
+
+_MALFORMED_HINT = 'Write <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
 
 
 def _calls(output: Output, turn: int) -> tuple[tuple[ToolCall, ...], list[str | None], str]:
     """The turn's tool calls, an error per call (None if it parsed) and the
-    assistant's plain content."""
+    assistant's plain content. Every call gets an id of its own: a server
+    may send none, or the same one twice."""
     if output.tool_calls:  # the server parsed them already
-        return output.tool_calls, [None] * len(output.tool_calls), output.text
+        calls = _distinct_ids(output.tool_calls, turn)
+        return calls, [None] * len(calls), output.text
     parsed = parse_tool_calls(output.text)
-    calls: list[ToolCall] = []
+    found: list[ToolCall] = []
     errors: list[str | None] = []
     for k, call in enumerate(parsed.calls):
         call_id = f"call_{turn}_{k}"
         if isinstance(call, ParsedCall):
-            calls.append(ToolCall(id=call_id, function=FunctionCall(name=call.name, arguments=call.arguments)))
+            found.append(ToolCall(id=call_id, function=FunctionCall(name=call.name, arguments=call.arguments)))
             errors.append(None)
         else:
             assert isinstance(call, MalformedToolCall)
-            calls.append(ToolCall(id=call_id, function=FunctionCall(name="invalid_tool_call", arguments=call.raw)))
-            errors.append(f"Error: malformed tool call: {call.reason}. Write <tool_call>{{\"name\": ..., \"arguments\": {{...}}}}</tool_call>.")
-    return tuple(calls), errors, parsed.content
+            found.append(ToolCall(id=call_id, function=FunctionCall(name="invalid_tool_call", arguments=call.raw)))
+            errors.append(f"Error: malformed tool call: {call.reason}. {_MALFORMED_HINT}")
+    return tuple(found), errors, parsed.content
 
 
-async def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> tuple[str, bool]:
-    """Run one call; return the text for the model and whether it failed."""
+def _distinct_ids(calls: Sequence[ToolCall], turn: int) -> tuple[ToolCall, ...]:
+    seen: set[str] = set()
+    out: list[ToolCall] = []
+    for k, call in enumerate(calls):
+        if not call.id or call.id in seen:
+            call = ToolCall(id=f"call_{turn}_{k}", function=call.function)
+        seen.add(call.id)
+        out.append(call)
+    return tuple(out)
+
+
+async def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> tuple[str, str | None]:
+    """Run one call; return the text for the model and the kind of failure
+    (None when it worked)."""
     name = call.function.name
     chosen = tools.get(name)
     if chosen is None:
         available = ", ".join(sorted(tools)) or "none"
-        return f"Error: unknown tool {name!r}; available tools: {available}.", True
+        return f"Error: unknown tool {name!r}; available tools: {available}.", "unknown_tool"
     try:
         with anyio.move_on_after(chosen.timeout) as scope:
-            return await chosen.call(call.function.arguments), False
+            return await chosen.call(call.function.arguments), None
         if scope.cancelled_caught:
-            return f"Error: {name} did not finish within {chosen.timeout:g} s.", True
+            return f"Error: {name} did not finish within {chosen.timeout:g} s.", "timeout"
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: first
-        return f"Error: invalid arguments for {name}: {exc}.", True
+        return f"Error: invalid arguments for {name}: {exc}.", "invalid_arguments"
     except msgspec.DecodeError as exc:
-        return f"Error: the arguments for {name} are not valid JSON ({exc}).", True
+        return f"Error: the arguments for {name} are not valid JSON ({exc}).", "invalid_json"
     except ToolError as exc:
-        return f"Error: {exc}", True
+        return f"Error: {exc}", "tool_error"
     except Exception as exc:  # noqa: BLE001 - a tool is user code; its failure is reported to the model
-        return f"Error: {name} raised {type(exc).__name__}: {exc}", True
+        return f"Error: {name} raised {type(exc).__name__}: {one_line(str(exc))}", "raised"
     raise AssertionError("unreachable")
 
 
 async def _run_tools(
-    tools: Mapping[str, Tool], calls: Sequence[ToolCall], parse_errors: Sequence[str | None]
-) -> tuple[list[Message], int]:
+    tools: Mapping[str, Tool], calls: Sequence[ToolCall], parse_errors: Sequence[str | None], session: str
+) -> tuple[list[Message], list[str]]:
+    """Run a turn's calls concurrently; the tool messages, and the kind of
+    each failure."""
     results: list[str] = [""] * len(calls)
-    failed = 0
+    kinds: list[str | None] = [None] * len(calls)
 
     async def one(index: int, call: ToolCall) -> None:
-        nonlocal failed
         error = parse_errors[index]
         if error is not None:
-            results[index], bad = error, True
+            results[index], kinds[index] = error, "malformed_call"
         else:
-            results[index], bad = await _run_tool(tools, call)
-        failed += bad
+            results[index], kinds[index] = await _run_tool(tools, call)
+        if kinds[index] is not None:
+            _tool_log.info("%s: tool call %s failed (%s): %s", session, call.function.name, kinds[index], results[index][:200])
 
     async with anyio.create_task_group() as tg:
         for index, call in enumerate(calls):
@@ -184,35 +224,176 @@ async def _run_tools(
         Message(role="tool", content=text, tool_call_id=call.id, name=call.function.name)
         for call, text in zip(calls, results, strict=True)
     ]
-    return messages, failed
+    return messages, [kind for kind in kinds if kind is not None]
 
 
 async def _reward(agent: Agent, trajectory: Trajectory, task: Task) -> Trajectory:
     if agent.reward_fn is None or trajectory.error is not None:
         return trajectory
     start = anyio.current_time()
+    error: str | None = None
+    reward: float | None = None
     try:
         value: Any = agent.reward_fn(trajectory, task)
         if inspect.isawaitable(value):
             value = await value
         reward = float(value)
     except Exception as exc:  # noqa: BLE001 - a reward is user code; its failure is recorded, not raised
-        return msgspec.structs.replace(
-            trajectory, reward_error=f"{type(exc).__name__}: {exc}", reward_seconds=anyio.current_time() - start
+        error = f"{type(exc).__name__}: {one_line(str(exc))}"
+    if reward is not None and not math.isfinite(reward):
+        error, reward = f"the reward is {reward} (not a finite number)", None
+    seconds = anyio.current_time() - start
+    if error is not None:
+        _log.warning("%s: reward failed: %s", trajectory.request_id, error)
+        return msgspec.structs.replace(trajectory, reward_error=error, reward_seconds=seconds)
+    return msgspec.structs.replace(trajectory, reward=reward, reward_seconds=seconds)
+
+
+class _Episode:
+    """The state of one episode, updated turn by turn, that becomes its
+    trajectory."""
+
+    def __init__(self, agent: Agent, ident: str, chain_index: int, session: str) -> None:
+        self.agent = agent
+        self.ident = ident
+        self.chain_index = chain_index
+        self.session = session
+        self.tools = {t.name: t for t in agent.tools}
+        self.schemas = tuple(t.schema for t in agent.tools)
+        self.messages: list[Message] = []
+        self.tokens: _Tokens | None = None
+        self.token_level = False
+        self.turns = self.tool_calls = self.tool_rounds = self.attempts = 0
+        self.prompt_tokens = self.completion_tokens = 0
+        self.tool_errors: Counter[str] = Counter()
+        self.retries: Counter[str] = Counter()
+        self.rate_limit_seconds = 0.0
+        self.versions: list[int] = []
+        self.turn_seconds: list[float] = []
+        self.tool_seconds = 0.0
+
+    def room(self) -> int | None:
+        """Tokens the episode may still add within its budgets, or None if unbounded."""
+        if self.tokens is None:
+            return None
+        limits = []
+        if self.agent.max_model_len is not None:
+            limits.append(self.agent.max_model_len - len(self.tokens.prompt_ids) - len(self.tokens.ids))
+        if self.agent.max_response_tokens is not None:
+            limits.append(self.agent.max_response_tokens - len(self.tokens.ids))
+        return min(limits) if limits else None
+
+    def took(self, completion: Completion, seconds: float) -> Output:
+        """Record a model turn; return its (first) output."""
+        self.turn_seconds.append(seconds)
+        self.turns += 1
+        self.attempts += completion.attempts
+        self.retries.update(completion.retries)
+        self.rate_limit_seconds += completion.rate_limit_seconds
+        self.prompt_tokens += completion.usage.prompt_tokens
+        self.completion_tokens += completion.usage.completion_tokens
+        if completion.weight_version is not None:
+            self.versions.append(completion.weight_version)
+        output = completion.outputs[0]
+        if self.tokens is not None and output.token_ids is not None:
+            self.token_level = True
+            self.tokens.sampled(output)
+        return output
+
+    def trajectory(self, reason: EpisodeEnd, *, error: str | None = None) -> Trajectory:
+        tokens = self.tokens if self.token_level else None
+        return Trajectory(
+            task_id=self.ident,
+            group_id=self.ident,
+            chain_index=self.chain_index,
+            request_id=self.session,
+            messages=tuple(self.messages),
+            finish_reason=reason,
+            num_turns=self.turns,
+            token_level=tokens is not None,
+            prompt_ids=tuple(self.tokens.prompt_ids) if self.tokens else (),
+            prompt_tokens_dropped=self.tokens.dropped if self.tokens else 0,
+            response_ids=tuple(tokens.ids) if tokens else (),
+            response_mask=tuple(tokens.mask) if tokens else (),
+            response_logprobs=tuple(tokens.logprobs) if tokens and tokens.logprobs is not None else None,
+            response_versions=tuple(tokens.versions) if tokens and tokens.versions is not None else None,
+            error=error,
+            tool_calls=self.tool_calls,
+            tool_rounds=self.tool_rounds,
+            tool_errors=sum(self.tool_errors.values()),
+            tool_error_kinds=dict(self.tool_errors),
+            usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens),
+            attempts=self.attempts,
+            retries=dict(self.retries),
+            rate_limit_seconds=self.rate_limit_seconds,
+            weight_versions=tuple(self.versions),
+            turn_seconds=tuple(self.turn_seconds),
+            tool_seconds=self.tool_seconds,
         )
-    return msgspec.structs.replace(trajectory, reward=reward, reward_seconds=anyio.current_time() - start)
 
 
-def _room(agent: Agent, tokens: _Tokens | None) -> int | None:
-    """Tokens the next turn may sample within the budgets, or None if unbounded."""
-    if tokens is None:
-        return None
-    limits = []
-    if agent.max_model_len is not None:
-        limits.append(agent.max_model_len - len(tokens.prompt_ids) - len(tokens.ids))
-    if agent.max_response_tokens is not None:
-        limits.append(agent.max_response_tokens - len(tokens.ids))
-    return min(limits) if limits else None
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {one_line(str(exc))}"
+
+
+async def _turns(episode: _Episode, generate: Generate) -> tuple[EpisodeEnd, str | None]:
+    """Run the episode's turns; why it ended, and the error if one ended it."""
+    agent = episode.agent
+    while episode.turns < agent.max_turns:
+        max_new = agent.max_new_tokens
+        room = episode.room()
+        if room is not None:
+            if room < 1:
+                return "context", None
+            max_new = room if max_new is None else min(max_new, room)
+        tokens = episode.tokens
+        request = Request(
+            messages=tuple(episode.messages),
+            tools=episode.schemas,
+            prompt_ids=tokens.context() if tokens is not None else None,
+            max_new_tokens=max_new,
+            temperature=agent.temperature,
+            logprobs=tokens is not None and agent.logprobs,
+            request_id=episode.session,
+        )
+        started = anyio.current_time()
+        try:
+            completion = await generate(request)
+        except ContextLengthError:  # the engine's context is full: a budget, not a failure
+            return "context", None
+        except Exception as exc:  # noqa: BLE001 - a transport or middleware may be user code; the chain records it
+            return "error", _failure(exc)
+        if not completion.outputs:  # a Completion built around its own checks
+            return "error", "MalformedResponseError: the transport returned no outputs"
+        output = episode.took(completion, anyio.current_time() - started)
+        calls, parse_errors, content = _calls(output, episode.turns)
+        episode.messages.append(Message(role="assistant", content=content, tool_calls=calls))
+        if not calls:
+            if output.finish_reason != "length":
+                return "answer", None
+            return ("context" if _cut_by_context(output, max_new, room) else "length"), None
+        if episode.turns >= agent.max_turns:
+            return "max_turns", None
+        started = anyio.current_time()
+        results, failures = await _run_tools(episode.tools, calls, parse_errors, episode.session)
+        episode.tool_seconds += anyio.current_time() - started
+        episode.tool_calls += len(calls)
+        episode.tool_rounds += 1
+        episode.tool_errors.update(failures)
+        episode.messages.extend(results)
+        if tokens is not None and episode.token_level and not tokens.observation(output, results, episode.room()):
+            return "context", None  # the tool results did not fit the budget; what fits is in
+    return "max_turns", None
+
+
+def _cut_by_context(output: Output, asked: int | None, room: int | None) -> bool:
+    """Whether a turn cut off by length was cut by the context (our budget,
+    or the transport clamping to the engine's context as verl's server does)
+    rather than by the per-turn limit."""
+    sampled = len(output.token_ids or ())
+    if room is not None and sampled >= room:
+        return True
+    return asked is not None and output.token_ids is not None and sampled < asked
 
 
 async def run_agent(
@@ -231,126 +412,40 @@ async def run_agent(
     their results, repeat until the model answers without a tool call,
     ``max_turns`` is reached or the context budget runs out. With a
     ``tokenizer`` the prompt goes to the transport as token ids too, and if the
-    transport returns sampled ids the trajectory is token-exact. Failures are
-    recorded on the trajectory, never raised: a transport error ends the
-    episode with ``error`` set; a bad tool call is answered with an error
-    message and the episode goes on; a raising reward sets ``reward_error``.
-    Cancellation propagates.
+    transport returns sampled ids the trajectory is token-exact.
+
+    Never raises but for cancellation: a failing transport or middleware
+    (whatever it raises) ends the episode with ``error`` set; a bad tool call
+    is answered with an error message and the episode goes on; a raising
+    reward (or a NaN one) sets ``reward_error``.
     """
     ident = task_id if task_id is not None else str(task.get("id", "0"))
     session = request_id or f"{ident}-{chain_index}-{uuid.uuid4().hex[:12]}"
-    schemas = tuple(t.schema for t in agent.tools)
-    tools = {t.name: t for t in agent.tools}
-
-    def finish(reason: EpisodeEnd, **fields: Any) -> Trajectory:
-        token_level = tokens is not None and token_level_seen
-        return Trajectory(
-            task_id=ident,
-            group_id=ident,
-            chain_index=chain_index,
-            request_id=session,
-            messages=tuple(messages),
-            finish_reason=reason,
-            num_turns=turns,
-            token_level=token_level,
-            prompt_ids=tuple(tokens.prompt_ids) if tokens else (),
-            prompt_tokens_dropped=tokens.dropped if tokens else 0,
-            response_ids=tuple(tokens.ids) if token_level and tokens else (),
-            response_mask=tuple(tokens.mask) if token_level and tokens else (),
-            response_logprobs=tuple(tokens.logprobs) if token_level and tokens and tokens.logprobs is not None else None,
-            response_versions=tuple(tokens.versions) if token_level and tokens and tokens.versions is not None else None,
-            tool_calls=tool_calls,
-            tool_rounds=tool_rounds,
-            tool_errors=tool_errors,
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
-            attempts=attempts,
-            weight_versions=tuple(versions),
-            turn_seconds=tuple(turn_seconds),
-            tool_seconds=tool_seconds,
-            **fields,
-        )
-
-    messages: list[Message] = []
-    tokens: _Tokens | None = None
-    token_level_seen = False
-    turns = tool_calls = tool_rounds = tool_errors = prompt_tokens = completion_tokens = attempts = 0
-    versions: list[int] = []
-    turn_seconds: list[float] = []
-    tool_seconds = 0.0
+    episode = _Episode(agent, ident, chain_index, session)
     try:
-        messages = list(task_messages(task, agent.system_prompt))
-        if tokenizer is not None:
-            tokens = _Tokens(tokenizer, render(messages, schemas), agent.max_prompt_tokens)
-    except (ValueError, msgspec.ValidationError) as exc:
-        return finish("error", error=f"bad task: {exc}")
-
-    reason: EpisodeEnd = "max_turns"
-    while turns < agent.max_turns:
-        max_new = agent.max_new_tokens
-        room = _room(agent, tokens)
-        if room is not None:
-            if room < 1:
-                reason = "context"
-                break
-            max_new = room if max_new is None else min(max_new, room)
-        request = Request(
-            messages=tuple(messages),
-            tools=schemas,
-            prompt_ids=tokens.context() if tokens is not None else None,
-            max_new_tokens=max_new,
-            temperature=agent.temperature,
-            logprobs=tokens is not None and agent.logprobs,
-            request_id=session,
-        )
-        started = anyio.current_time()
         try:
-            completion: Completion = await generate(request)
-        except ContextLengthError:  # the engine's context is full: a budget, not a failure
-            reason = "context"
-            break
-        except TransportError as exc:
-            return await _reward(agent, finish("error", error=f"{type(exc).__name__}: {exc}"), task)
-        turn_seconds.append(anyio.current_time() - started)
-        turns += 1
-        attempts += completion.attempts
-        prompt_tokens += completion.usage.prompt_tokens
-        completion_tokens += completion.usage.completion_tokens
-        if completion.weight_version is not None:
-            versions.append(completion.weight_version)
-        output = completion.outputs[0]
-        if tokens is not None and output.token_ids is not None:
-            token_level_seen = True
-            tokens.sampled(output)
-        calls, parse_errors, content = _calls(output, turns)
-        messages.append(Message(role="assistant", content=content, tool_calls=calls))
-        if not calls:
-            reason = "length" if output.finish_reason == "length" else "answer"
-            if reason == "length" and _cut_by_context(output, max_new, room):
-                reason = "context"
-            break
-        if turns >= agent.max_turns:
-            reason = "max_turns"
-            break
-        started = anyio.current_time()
-        results, failed = await _run_tools(tools, calls, parse_errors)
-        tool_seconds += anyio.current_time() - started
-        tool_calls += len(calls)
-        tool_rounds += 1
-        tool_errors += failed
-        messages.extend(results)
-        if tokens is not None and token_level_seen:
-            tokens.observation(output, results)
-    return await _reward(agent, finish(reason), task)
+            episode.messages = list(task_messages(task, agent.system_prompt))
+            if tokenizer is not None:
+                episode.tokens = _Tokens(tokenizer, render(episode.messages, episode.schemas), agent.max_prompt_tokens)
+        except (ValueError, msgspec.ValidationError) as exc:
+            return episode.trajectory("error", error=f"bad task: {one_line(str(exc))}")
+        reason, error = await _turns(episode, generate)
+        if error is not None:
+            _log.warning("%s: episode ended by an error: %s", session, error)
+        return await _reward(agent, episode.trajectory(reason, error=error), task)
+    except Exception as exc:  # noqa: BLE001 - the promise: every episode ends in a trajectory
+        _log.exception("%s: episode failed", session)
+        return episode.trajectory("error", error=_failure(exc))
 
 
-def _cut_by_context(output: Output, asked: int | None, room: int | None) -> bool:
-    """Whether a turn cut off by length was cut by the context (our budget,
-    or the transport clamping to the engine's context as verl's server does)
-    rather than by the per-turn limit."""
-    sampled = len(output.token_ids or ())
-    if room is not None and sampled >= room:
-        return True
-    return asked is not None and output.token_ids is not None and sampled < asked
+def _check_ids(tasks: Sequence[Task]) -> list[str]:
+    ids = [task_id(task, index) for index, task in enumerate(tasks)]
+    counts = Counter(ids)
+    repeated = sorted(ident for ident, count in counts.items() if count > 1)
+    if repeated:
+        shown = ", ".join(repr(ident) for ident in repeated[:5]) + (" ..." if len(repeated) > 5 else "")
+        raise ConfigError("rollout tasks", f"task ids must be unique (they name groups); repeated: {shown}")
+    return ids
 
 
 async def rollout(
@@ -368,39 +463,109 @@ async def rollout(
     ordered by task then chain. Chains named in ``skip`` as ``(task id,
     chain index)`` (already done, say) are not run and not returned.
 
-    Chains of one task share ``group_id`` (the task's ``id``, else its index)
-    for group-relative advantages. At most ``concurrency`` chains run at once.
-    Every chain returns a trajectory, failed ones with their reason; cancelling
-    the rollout cancels every chain.
+    Chains of one task share ``group_id`` (the task's id, see
+    :func:`task_id`); repeated ids are refused before anything runs. At most
+    ``concurrency`` chains run at once. Every chain returns a trajectory,
+    failed ones with their reason; a ``progress`` callback that raises is
+    logged and the rollout goes on; cancelling the rollout cancels every
+    chain. For rollouts too large to keep in memory, see :func:`rollout_stream`.
+    """
+    ids = _check_ids(tasks)
+    order = {ident: index for index, ident in enumerate(ids)}
+    total = sum(1 for ident in ids for chain in range(n) if (ident, chain) not in skip) if n >= 1 else 0
+    finished: list[Trajectory] = []
+    async with rollout_stream(
+        agent, generate, tasks, n=n, concurrency=concurrency or max(total, 1), tokenizer=tokenizer, skip=skip
+    ) as trajectories:
+        async for trajectory in trajectories:
+            finished.append(trajectory)
+            if progress is not None:
+                try:
+                    progress(len(finished), total, trajectory)
+                except Exception:  # noqa: BLE001 - a progress callback is user code; it must not stop the rollout
+                    _log.warning("the progress callback raised; the rollout goes on", exc_info=True)
+    finished.sort(key=lambda t: (order[t.task_id], t.chain_index))
+    return finished
+
+
+async def _each(tasks: Iterable[Task] | AsyncIterable[Task]) -> AsyncIterator[Task]:
+    if isinstance(tasks, AsyncIterable):
+        async for task in tasks:
+            yield task
+    else:
+        for task in tasks:
+            yield task
+
+
+@asynccontextmanager
+async def rollout_stream(
+    agent: Agent,
+    generate: Generate,
+    tasks: Iterable[Task] | AsyncIterable[Task],
+    *,
+    n: int = 1,
+    concurrency: int = 64,
+    tokenizer: Tokenizer | None = None,
+    skip: Container[tuple[str, int]] = (),
+) -> AsyncIterator[MemoryObjectReceiveStream[Trajectory]]:
+    """Run ``n`` chains per task with at most ``concurrency`` alive, and hand
+    out trajectories as they finish::
+
+        async with rollout_stream(agent, generate, read_tasks(path)) as trajectories:
+            async for trajectory in trajectories:
+                write(trajectory)
+
+    ``tasks`` is read lazily (a generator over a file is fine) and nothing is
+    kept of a finished chain, so memory is bounded by ``concurrency``, not by
+    the number of tasks (only the ids seen are kept, to catch repeats). A
+    chain waits for the consumer before it frees its slot. A task whose id
+    was seen before gets trajectories with ``error`` set instead of running
+    (the list form, :func:`rollout`, refuses such tasks up front). Leaving
+    the block early cancels the chains still running.
     """
     if n < 1:
-        raise ValueError(f"rollout needs n >= 1, got {n}")
-    todo = [
-        (index, task, chain_index)
-        for index, task in enumerate(tasks)
-        for chain_index in range(n)
-        if (str(task.get("id", index)), chain_index) not in skip
-    ]
-    total = len(todo)
-    results: list[Trajectory | None] = [None] * total
-    if concurrency is not None and concurrency < 1:
-        raise ValueError(f"rollout needs concurrency >= 1, got {concurrency}")
-    limit = anyio.Semaphore(concurrency if concurrency is not None else max(total, 1))
-    done = 0
+        raise ConfigError("rollout n", f"needs n >= 1, got {n}")
+    if concurrency < 1:
+        raise ConfigError("rollout concurrency", f"needs concurrency >= 1, got {concurrency}")
+    send, receive = anyio.create_memory_object_stream[Trajectory](max_buffer_size=concurrency)
+    slots = anyio.Semaphore(concurrency)
 
-    async def chain(slot: int, index: int, task: Task, chain_index: int) -> None:
-        nonlocal done
-        ident = str(task.get("id", index))
-        async with limit:
-            trajectory = await run_agent(agent, generate, task, tokenizer=tokenizer, task_id=ident, chain_index=chain_index)
-        results[slot] = trajectory
-        done += 1
-        if progress is not None:
-            progress(done, total, trajectory)
+    async def chain(out: MemoryObjectSendStream[Trajectory], task: Task, ident: str, index: int, duplicate: int | None) -> None:
+        async with out:
+            try:
+                if duplicate is None:
+                    trajectory = await run_agent(agent, generate, task, tokenizer=tokenizer, task_id=ident, chain_index=index)
+                else:
+                    trajectory = Trajectory(
+                        task_id=ident, group_id=ident, chain_index=index, request_id=f"{ident}-{index}-duplicate",
+                        messages=(), finish_reason="error", num_turns=0, token_level=False,
+                        error=f"task id {ident!r} repeats the task at position {duplicate}; ids name groups, so it was not run",
+                    )  # fmt: skip
+                await out.send(trajectory)
+            finally:
+                slots.release()
 
     async with anyio.create_task_group() as tg:
-        for slot, (index, task, chain_index) in enumerate(todo):
-            tg.start_soon(chain, slot, index, task, chain_index)
-    finished = [t for t in results if t is not None]
-    assert len(finished) == total  # every chain stores its trajectory or the group raised
-    return finished
+
+        async def produce() -> None:
+            first_seen: dict[str, int] = {}
+            async with send:
+                index = 0
+                async for task in _each(tasks):
+                    ident = task_id(task, index)
+                    duplicate = first_seen.get(ident)
+                    if duplicate is None:
+                        first_seen[ident] = index
+                    for chain_index in range(n):
+                        if (ident, chain_index) in skip:
+                            continue
+                        await slots.acquire()
+                        tg.start_soon(chain, send.clone(), task, ident, chain_index, duplicate)
+                    index += 1
+
+        tg.start_soon(produce)
+        try:
+            yield receive
+        finally:
+            tg.cancel_scope.cancel()  # the consumer left: chains still running have no one to hand to
+            receive.close()

@@ -37,9 +37,15 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     ``error`` is set when something ended the episode early (a transport
     failure after its retries, a task that could not be read);
-    ``reward_error`` when the reward function raised. ``tool_errors`` counts
-    tool calls that failed (bad arguments, unknown tool, a raising or
-    overrunning tool); the model was told and the episode went on.
+    ``reward_error`` when the reward function raised or returned a value that
+    is not a finite number. ``tool_errors`` counts tool calls that failed
+    and ``tool_error_kinds`` counts them by kind (``malformed_call``,
+    ``unknown_tool``, ``invalid_json``, ``invalid_arguments``,
+    ``tool_error``, ``raised``, ``timeout``); the model was told and the
+    episode went on. ``attempts`` sums the transport attempts of all turns,
+    ``retries`` counts the retried failures by reason (``"HTTP 429"``,
+    ``"timeout"``, ...), and ``rate_limit_seconds`` is the time turns waited
+    for the rate limiter.
     ``weight_versions`` are the policy versions that sampled each turn (the
     newest one per turn), when the transport knows them. ``turn_seconds`` is
     the wall time of each model call, ``tool_seconds`` and ``reward_seconds``
@@ -67,8 +73,11 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     tool_calls: int = 0
     tool_rounds: int = 0
     tool_errors: int = 0
+    tool_error_kinds: dict[str, int] = {}
     usage: Usage = Usage()
     attempts: int = 0
+    retries: dict[str, int] = {}
+    rate_limit_seconds: float = 0.0
     weight_versions: tuple[int, ...] = ()
     turn_seconds: tuple[float, ...] = ()
     tool_seconds: float = 0.0
@@ -78,5 +87,5 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         """The content of the last assistant message, if any."""
         for message in reversed(self.messages):
             if message.role == "assistant":
-                return message.content or ""
+                return message.text
         return None

@@ -48,7 +48,7 @@ def estimate_tokens(request: Request, default_max_new_tokens: int = 1024) -> int
     if request.prompt_ids is not None:
         prompt = len(request.prompt_ids)
     else:
-        prompt = sum(len(m.content or "") for m in request.messages) // 4 + 4 * len(request.messages)
+        prompt = sum(len(m.text) for m in request.messages) // 4 + 4 * len(request.messages)
     budget = request.max_new_tokens if request.max_new_tokens is not None else default_max_new_tokens
     return prompt + request.n * budget
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import msgspec
 
 from ..records import Message, ToolCall, ToolSchema
+from .hermes import MAX_DEPTH, json_depth
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -26,6 +27,7 @@ __all__ = [
     "render",
     "render_tool_results",
     "tool_call_json",
+    "arguments_value",
 ]
 
 IM_START = "<|im_start|>"
@@ -44,25 +46,39 @@ _TOOLS_FOOTER = (
 )
 
 
+_SYSTEM = ("system", "developer")  # OpenAI's newer name for a system message
+
+
 def _tojson(value: object) -> str:
     # What the `tojson` filter of transformers' chat-template sandbox writes.
     return json.dumps(value, ensure_ascii=False)
 
 
-def tool_call_json(call: ToolCall) -> str:
-    """The body of one ``<tool_call>`` block. Arguments that parse as JSON are
-    written as an object (as the template does with a dict); arguments the
-    model wrote that do not parse are kept as the raw string."""
+def arguments_value(arguments: str) -> object:
+    """A past call's arguments as a chat template gets them (as vLLM's server
+    passes them): the parsed value when the text is JSON that is safe to
+    handle (nesting within :data:`MAX_DEPTH`, numbers Python can
+    read, text that encodes as UTF-8), else the raw text. Never raises."""
+    if json_depth(arguments) > MAX_DEPTH:
+        return arguments
     try:
-        arguments: object = json.loads(call.function.arguments)
-    except json.JSONDecodeError:
-        arguments = call.function.arguments
-    return '{"name": "' + call.function.name + '", "arguments": ' + _tojson(arguments) + "}"
+        value = json.loads(arguments)
+        _tojson(value).encode("utf-8")  # a lone surrogate escape ("\\ud800") cannot be written out
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeEncodeError are ValueErrors
+        return arguments
+    return value
+
+
+def tool_call_json(call: ToolCall) -> str:
+    """The body of one ``<tool_call>`` block: the arguments as
+    :func:`arguments_value` gives them, written with the template's
+    ``tojson``."""
+    return '{"name": "' + call.function.name + '", "arguments": ' + _tojson(arguments_value(call.function.arguments)) + "}"
 
 
 def _system(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> str:
     first = messages[0] if messages else None
-    system = first.content or "" if first is not None and first.role == "system" else None
+    system = first.text if first is not None and first.role in _SYSTEM else None
     if tools:
         text = f"{IM_START}system\n{system if system is not None else DEFAULT_SYSTEM}{_TOOLS_HEADER}"
         for tool in tools:
@@ -74,17 +90,17 @@ def _system(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> str:
 def render_tool_results(results: Sequence[Message]) -> str:
     """One user turn holding consecutive ``tool`` messages, as the template
     writes it (including the closing ``<|im_end|>\\n``)."""
-    body = "".join(f"\n<tool_response>\n{m.content or ''}\n</tool_response>" for m in results)
+    body = "".join(f"\n<tool_response>\n{m.text}\n</tool_response>" for m in results)
     return f"{IM_START}user{body}{IM_END}\n"
 
 
 def _assistant(message: Message) -> str:
-    if not message.tool_calls:
-        return f"{IM_START}assistant\n{message.content or ''}{IM_END}\n"
+    if not message.calls:
+        return f"{IM_START}assistant\n{message.text}{IM_END}\n"
     text = f"{IM_START}assistant"
-    if message.content:
-        text += "\n" + message.content
-    for call in message.tool_calls:
+    if message.text:
+        text += "\n" + message.text
+    for call in message.calls:
         text += "\n<tool_call>\n" + tool_call_json(call) + "\n</tool_call>"
     return text + f"{IM_END}\n"
 
@@ -102,12 +118,13 @@ def render(
         if pending_tools:
             parts.append(render_tool_results(pending_tools))
             pending_tools = []
-        if message.role == "system" and index == 0:
+        if message.role in _SYSTEM and index == 0:
             continue  # already in the system block
         if message.role == "assistant":
             parts.append(_assistant(message))
         else:
-            parts.append(f"{IM_START}{message.role}\n{message.content or ''}{IM_END}\n")
+            role = "system" if message.role == "developer" else message.role
+            parts.append(f"{IM_START}{role}\n{message.text}{IM_END}\n")
     if pending_tools:
         parts.append(render_tool_results(pending_tools))
     if add_generation_prompt:

@@ -11,7 +11,11 @@ get exactly these faults, in order) or at random with a seeded rate:
 - ``"slow"``: the answer takes ``slow_seconds``; if the client hangs up
   first, the log records ``disconnected`` (how a test sees that a cancelled
   request stopped the server's work),
-- ``"malformed"``: 200 with a body that is not a chat completion.
+- ``"malformed"``: 200 with a body that is not a chat completion,
+- ``"empty"``: 200 with a chat completion whose ``choices`` is empty,
+- ``"context"``: 400 with vLLM's "maximum context length" message.
+
+``models`` is what ``GET /models`` lists.
 
 Every request is logged with a server-side timestamp (``time.monotonic``),
 its key (the last user message) and outcome; ``GET /_log`` returns the log.
@@ -39,7 +43,7 @@ import msgspec
 
 __all__ = ["FakeOpenAIServer", "FaultKind", "ServerSettings", "LogEntry"]
 
-FaultKind: TypeAlias = Literal["429", "500", "503", "400", "drop", "slow", "malformed"]
+FaultKind: TypeAlias = Literal["429", "500", "503", "400", "drop", "slow", "malformed", "empty", "context"]
 
 MODEL_NAME = "fake-echo"
 
@@ -54,6 +58,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     retry_after: float = 0.0
     slow_seconds: float = 30.0
     seed: int = 0
+    models: tuple[str, ...] = (MODEL_NAME,)
 
 
 class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,7 +99,8 @@ class _App:
         elif path == "/_log":
             await _json(send, 200, msgspec.to_builtins(self.log))
         elif path.endswith("/models"):
-            await _json(send, 200, {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "owned_by": "me"}]})
+            models = [{"id": name, "object": "model", "owned_by": "me"} for name in self.settings.models]
+            await _json(send, 200, {"object": "list", "data": models})
         elif path.endswith("/chat/completions") and method == "POST":
             await self._chat(json.loads(body), receive, send)
         else:
@@ -131,6 +137,14 @@ class _App:
             raise ConnectionAbortedError("injected drop")  # uvicorn closes the half-sent response
         elif fault == "malformed":
             await _raw(send, 200, b'{"choices": "not a list", "broken', [(b"content-type", b"application/json")])
+        elif fault == "empty":
+            await _json(send, 200, {**_completion(request, key), "choices": []})
+        elif fault == "context":
+            message = (
+                "This model's maximum context length is 1024 tokens. However, you requested 1100 tokens "
+                "(1000 in the messages, 100 in the completion). Please reduce the length of the messages or completion."
+            )
+            await _json(send, 400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
         else:
             await _json(send, 200, _completion(request, key))
 

@@ -1,15 +1,45 @@
-"""Rendering a request's messages with the model's own chat template."""
+"""Rendering a request's messages with the model's own chat template.
+
+The messages go to the template the way vLLM's OpenAI server hands them to
+it: tool-call ``arguments`` parsed into objects (the template's ``tojson``
+writes them once, not as a JSON string inside JSON), text parts joined,
+``developer`` as ``system``. The agent loop's renderer follows the same
+rules, so the two agree token for token (``tests/test_templates.py``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
 
-from ..records import Request
+from ..records import Message, Request
+from ..templates.qwen25 import arguments_value
 
-__all__ = ["prompt_ids"]
+__all__ = ["prompt_ids", "template_messages"]
+
+
+def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """``messages`` as the dicts a Jinja chat template expects."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role, "content": message.text}
+        if message.calls:
+            item["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": arguments_value(call.function.arguments)},
+                }
+                for call in message.calls
+            ]
+        if message.tool_call_id is not None:
+            item["tool_call_id"] = message.tool_call_id
+        if message.name is not None:
+            item["name"] = message.name
+        out.append(item)
+    return out
 
 
 def prompt_ids(tokenizer: Any, request: Request) -> list[int]:
@@ -18,7 +48,7 @@ def prompt_ids(tokenizer: Any, request: Request) -> list[int]:
     if request.prompt_ids is not None:
         return list(request.prompt_ids)
     ids = tokenizer.apply_chat_template(
-        msgspec.to_builtins(request.messages),
+        template_messages(request.messages),
         tools=msgspec.to_builtins(request.tools) or None,
         add_generation_prompt=True,
         tokenize=True,

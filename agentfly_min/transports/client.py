@@ -19,11 +19,11 @@ import msgspec
 import openai
 
 from ..configs import ClientConfig, Secret
-from ..errors import MalformedResponseError, PermanentError, TransientError, TransportError
+from ..errors import ConfigError, ContextLengthError, MalformedResponseError, PermanentError, TransientError, TransportError
+from ._finish import finish_reason
 from ..middleware import compose, concurrency_limit, estimate_tokens, rate_limit, retry, timeout
 from ..records import (
     Completion,
-    FinishReason,
     FunctionCall,
     Generate,
     Middleware,
@@ -86,16 +86,6 @@ class _WireCompletion(msgspec.Struct, frozen=True):
 
 _decoder = msgspec.json.Decoder(_WireCompletion)
 
-_FINISH: Mapping[str | None, FinishReason] = {
-    None: "stop",
-    "stop": "stop",
-    "eos": "stop",
-    "length": "length",
-    "tool_calls": "tool_calls",
-    "function_call": "tool_calls",
-    "content_filter": "content_filter",
-    "abort": "abort",
-}
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -136,6 +126,8 @@ def map_openai_error(error: openai.OpenAIError) -> TransportError:
         )
         if transient:
             return TransientError(message, status=status, retry_after=_retry_after(headers))
+        if status == 400 and "maximum context length" in error.message:  # vLLM's and OpenAI's wording
+            return ContextLengthError(message, status=status)
         return PermanentError(message, status=status)
     if isinstance(error, openai.APITimeoutError):
         return TransientError("request timed out")
@@ -198,7 +190,7 @@ def _output(choice: _WireChoice) -> Output:
         logprobs = tuple(item.logprob for item in choice.logprobs.content)
     return Output(
         text=message.content or "",
-        finish_reason=_FINISH.get(choice.finish_reason, "stop"),
+        finish_reason=finish_reason(choice.finish_reason),
         tool_calls=calls,
         token_ids=tuple(choice.token_ids) if choice.token_ids is not None else None,
         logprobs=logprobs,
@@ -210,6 +202,8 @@ def _completion(body: bytes, status: int) -> Completion:
         wire = _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedResponseError(f"unreadable chat completion ({exc}): {body[:200]!r}", status=status) from None
+    if not wire.choices:
+        raise MalformedResponseError(f"the chat completion has no choices: {body[:200]!r}", status=status)
     choices = sorted(wire.choices, key=lambda c: c.index)
     usage = wire.usage or _WireUsage()
     return Completion(
@@ -258,21 +252,24 @@ def client_middleware(config: ClientConfig) -> Middleware:
 
 
 def _api_key(config: ClientConfig) -> str:
-    key = config.api_key if config.api_key is not None else os.environ.get("OPENAI_API_KEY")
-    if key is None:
-        # Local servers (vLLM) accept any key; the SDK refuses to start without one.
-        return "EMPTY"
-    return key.reveal() if isinstance(key, Secret) else key
+    if isinstance(config.api_key, Secret):
+        return config.api_key.reveal()
+    # Local servers (vLLM) accept any key; the SDK refuses to start without one.
+    return os.environ.get("OPENAI_API_KEY") or "EMPTY"
 
 
-async def _first_model(client: openai.AsyncOpenAI) -> str:
+async def _only_model(client: openai.AsyncOpenAI) -> str:
     try:
         page = await client.models.list()
     except openai.OpenAIError as exc:
         raise map_openai_error(exc) from exc
-    for entry in page.data:
-        return entry.id
-    raise PermanentError("ClientConfig.model is unset and the server lists no models")
+    names = [entry.id for entry in page.data]
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ConfigError("ClientConfig.model", "unset, and the server lists no models")
+    shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+    raise ConfigError("ClientConfig.model", f"unset, and the server serves {len(names)} models; choose one of: {shown}")
 
 
 @asynccontextmanager
@@ -284,8 +281,9 @@ async def open_client(
 ) -> AsyncIterator[Generate]:
     """Open an ``openai.AsyncOpenAI`` client and yield a :data:`Generate`.
 
-    ``model`` overrides ``config.model``; with neither, the server's first
-    listed model is used (looked up on entry). ``middleware`` replaces the
+    ``model`` overrides ``config.model``; with neither, the server's model
+    is used if it lists exactly one (looked up on entry; with several, a
+    :class:`ConfigError` names them). ``middleware`` replaces the
     default stack (:func:`client_middleware`); pass ``compose()`` for the raw
     call alone. The HTTP client is closed on exit.
     """
@@ -298,6 +296,6 @@ async def open_client(
     async with client:
         name = model or config.model
         if name is None:
-            name = await _first_model(client)
+            name = await _only_model(client)
         stack = client_middleware(config) if middleware is None else middleware
         yield stack(raw_client_generate(client, config, name))

@@ -13,7 +13,7 @@ import difflib
 import gc
 import itertools
 import os
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,15 +30,15 @@ from ..errors import (
     TransientError,
     TransportClosedError,
 )
-from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
+from ..records import Completion, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread
 from ._chat import prompt_ids
+from ._finish import finish_reason
 
 __all__ = ["VLLMEngine", "open_vllm", "open_vllm_engine", "vllm_generate", "engine_args"]
 
 T = TypeVar("T")
 
-_FINISH: Mapping[str | None, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", None: "stop"}
 
 
 def _check_model(model: str | os.PathLike[str]) -> str:
@@ -203,7 +203,7 @@ def _output(choice: Any, with_logprobs: bool) -> Output:
     if with_logprobs and choice.logprobs is not None:
         logprobs = tuple(step[token].logprob for token, step in zip(ids, choice.logprobs, strict=True))
     return Output(
-        text=choice.text, finish_reason=_FINISH.get(choice.finish_reason, "stop"), token_ids=ids, logprobs=logprobs
+        text=choice.text, finish_reason=finish_reason(choice.finish_reason), token_ids=ids, logprobs=logprobs
     )
 
 
