@@ -53,7 +53,7 @@ def _resolve(path: str, what: str) -> Any:
         raise ConfigError(what, f"cannot import {path!r}: {exc}") from None
 
 
-def load_agent(text: bytes | str) -> tuple[Agent, AgentSpec]:
+def load_agent(text: bytes | str) -> tuple[Agent[Any], AgentSpec]:
     """Decode and build the agent a TOML file describes; every mistake (an
     unknown key, a wrong type, a value out of range, a tool that is not a
     Tool, a settings table for another backend) is a :class:`ConfigError`."""
@@ -148,7 +148,7 @@ def read_done(path: Path) -> set[tuple[str, int]]:
 
 @asynccontextmanager
 async def _transport(
-    agent: Agent, spec: AgentSpec, work_dir: Path, device: Literal["cpu", "cuda"]
+    agent: Agent[Any], spec: AgentSpec, work_dir: Path, device: Literal["cpu", "cuda"]
 ) -> AsyncIterator[tuple[Generate, Any]]:
     """The agent's transport, plus a tokenizer for token-exact trajectories
     where the transport works in tokens."""
@@ -180,7 +180,7 @@ async def _transport(
 
 
 async def run_rollout_file(
-    agent: Agent,
+    agent: Agent[Any],
     spec: AgentSpec,
     tasks: list[dict[str, Any]],
     out: Path,

@@ -4,6 +4,9 @@ usage file, and must reject the deliberate mistakes in tests/typing/fail_*."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,27 @@ def test_wrong_uses_are_rejected(path: Path) -> None:
     for number, message in expected.items():
         assert number in errors, f"line {number} was accepted; expected: {message}\n{output}"
         assert message in errors[number], f"line {number}: {errors[number]!r} does not say {message!r}"
+
+
+@pytest.mark.slow
+def test_readme_examples_type_check_in_a_downstream_project(tmp_path: Path) -> None:
+    """What a user does: install the package (as scripts/setup.sh does),
+    then run mypy --strict on their own code, outside our tree and without
+    our config, stubs or paths. Their code here is every Python example in
+    the README."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert len(blocks) >= 3
+    parts = ["from typing import Any\n"]
+    for number, block in enumerate(blocks):
+        # The free names the examples lean on arrive as parameters.
+        parts.append(f"\n\nasync def example_{number}(tasks: list[dict[str, Any]], tokenizer: Any, batch: Any) -> None:\n")
+        parts.append(textwrap.indent(block, "    ") + "    return None\n")
+    (tmp_path / "downstream.py").write_text("".join(parts))
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / ".mypy_cache"), "downstream.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr + "".join(parts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Generic, Literal, TypeAlias, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -15,7 +15,7 @@ from ..templates import TemplateName
 from ..tools import Tool
 from .trajectory import Trajectory
 
-__all__ = ["Agent", "Backend", "RewardFn", "Task"]
+__all__ = ["Agent", "Backend", "RewardFn", "Task", "C"]
 
 Backend: TypeAlias = Literal["async_vllm", "client", "async_verl"]
 Task: TypeAlias = Mapping[str, Any]
@@ -24,6 +24,9 @@ shape; optionally ``id``; any other fields (``answer``...) go to the reward."""
 RewardFn: TypeAlias = Callable[[Trajectory, Task], float | Awaitable[float]]
 """``reward(trajectory, task) -> float``, sync or async."""
 
+C = TypeVar("C", ClientConfig, AsyncVLLMConfig, AsyncVerlConfig)
+"""The type of an agent's backend config (``Agent[AsyncVLLMConfig]``...)."""
+
 _CONFIG_FOR: dict[str, type[AsyncVLLMConfig | AsyncVerlConfig | ClientConfig]] = {
     "async_vllm": AsyncVLLMConfig,
     "client": ClientConfig,
@@ -31,8 +34,14 @@ _CONFIG_FOR: dict[str, type[AsyncVLLMConfig | AsyncVerlConfig | ClientConfig]] =
 }
 
 
-class Agent(msgspec.Struct, frozen=True, kw_only=True):
+class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
     """An agent: model, tools, reward, template and the transport to use.
+
+    Generic in its config type, so ``open_backend(agent.config, ...)``
+    type-checks for the transport the agent names: ``Agent(...,
+    backend_config=AsyncVLLMConfig(...))`` is an ``Agent[AsyncVLLMConfig]``.
+    (Without a config a type checker takes ``Agent[ClientConfig]``, the
+    default backend's; name the config to type another.)
 
     ``backend`` and the type of ``backend_config`` must agree
     (``"async_vllm"`` / :class:`AsyncVLLMConfig`, ``"client"`` /
@@ -55,7 +64,7 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
     reward_fn: RewardFn | None = None
     template: TemplateName = "qwen2.5"
     backend: Backend = "client"
-    backend_config: BackendConfig | None = None
+    backend_config: C | None = None
     system_prompt: str | None = None
     max_turns: int = 4
     max_new_tokens: int | None = None
@@ -95,7 +104,7 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True):
         msgspec.structs.force_setattr(self, "tools", tools)
 
     @property
-    def config(self) -> BackendConfig:
-        """The backend config (the default one if none was given)."""
+    def config(self) -> C:
+        """The backend config (the backend's default one if none was given)."""
         assert self.backend_config is not None  # set in __post_init__
         return self.backend_config

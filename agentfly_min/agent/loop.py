@@ -227,7 +227,7 @@ async def _run_tools(
     return messages, [kind for kind in kinds if kind is not None]
 
 
-async def _reward(agent: Agent, trajectory: Trajectory, task: Task) -> Trajectory:
+async def _reward(agent: Agent[Any], trajectory: Trajectory, task: Task) -> Trajectory:
     if agent.reward_fn is None or trajectory.error is not None:
         return trajectory
     start = anyio.current_time()
@@ -253,7 +253,7 @@ class _Episode:
     """The state of one episode, updated turn by turn, that becomes its
     trajectory."""
 
-    def __init__(self, agent: Agent, ident: str, chain_index: int, session: str) -> None:
+    def __init__(self, agent: Agent[Any], ident: str, chain_index: int, session: str) -> None:
         self.agent = agent
         self.ident = ident
         self.chain_index = chain_index
@@ -397,7 +397,7 @@ def _cut_by_context(output: Output, asked: int | None, room: int | None) -> bool
 
 
 async def run_agent(
-    agent: Agent,
+    agent: Agent[Any],
     generate: Generate,
     task: Task,
     *,
@@ -449,7 +449,7 @@ def _check_ids(tasks: Sequence[Task]) -> list[str]:
 
 
 async def rollout(
-    agent: Agent,
+    agent: Agent[Any],
     generate: Generate,
     tasks: Sequence[Task],
     *,
@@ -499,7 +499,7 @@ async def _each(tasks: Iterable[Task] | AsyncIterable[Task]) -> AsyncIterator[Ta
 
 @asynccontextmanager
 async def rollout_stream(
-    agent: Agent,
+    agent: Agent[Any],
     generate: Generate,
     tasks: Iterable[Task] | AsyncIterable[Task],
     *,

@@ -194,7 +194,7 @@ class AgentflyAgentLoop(AgentLoopBase):
         self.prompt_length = int(self.rollout_config.prompt_length)
         self.abort = AsyncVerlConfig(on_abort=on_abort, max_aborts=max_aborts)
 
-        def agent(logprobs: bool) -> Agent:
+        def agent(logprobs: bool) -> Agent[Any]:
             return Agent(
                 model_name_or_path=str(getattr(self.tokenizer, "name_or_path", "") or "verl"),
                 tools=loaded,

@@ -85,7 +85,7 @@ async def with_local_engine(path: str) -> int:
         return len(completion.outputs[0].token_ids or ())
 
 
-async def episode(agent: af.Agent, generate: Generate) -> float | None:
+async def episode(agent: af.Agent[ClientConfig], generate: Generate) -> float | None:
     trajectory: af.Trajectory = await af.run_agent(agent, generate, {"question": "2+2?", "answer": 4})
     many: list[af.Trajectory] = await af.rollout(agent, generate, [{"question": "q"}], n=4, concurrency=8)
     return trajectory.reward if many else None
