@@ -187,7 +187,7 @@ def bench(args: argparse.Namespace) -> int:
 
 def rollout_command(args: argparse.Namespace) -> int:
     """Run an agent from a TOML file over a JSONL task file, resumable."""
-    from .runfile import load_agent, read_tasks, run_rollout_file
+    from .runfile import iter_tasks, load_agent, run_rollout_file
 
     work_dir = _work_dir(args)
     try:
@@ -199,34 +199,41 @@ def rollout_command(args: argparse.Namespace) -> int:
     def bad_line(number: int, reason: str) -> None:
         print(f"{args.tasks}:{number}: skipped: {reason}", file=sys.stderr)
 
-    tasks = read_tasks(Path(args.tasks), bad_line)
+    def unreadable(number: int, reason: str) -> None:
+        print(f"{args.out}:{number}: {reason}", file=sys.stderr)
+
     if spec.backend != "client":
         _prepare_environment(work_dir, offline=Path(spec.model).exists())
-    finished: Counter[str] = Counter()
+    count = 0
 
-    def on_trajectory(done: int, total: int, trajectory: Any) -> None:
-        finished["error" if trajectory.error else trajectory.finish_reason] += 1
-        print(f"\r{done}/{total} trajectories", end="", file=sys.stderr, flush=True)
+    def on_trajectory(trajectory: Any) -> None:
+        nonlocal count
+        count += 1
+        print(f"\r{count} trajectories", end="", file=sys.stderr, flush=True)
 
     try:
-        ran = anyio.run(
+        summary = anyio.run(
             lambda: run_rollout_file(
                 agent,
                 spec,
-                tasks,
+                iter_tasks(Path(args.tasks), bad_line),
                 Path(args.out),
                 n=args.n,
                 concurrency=args.concurrency,
                 work_dir=work_dir,
                 on_trajectory=on_trajectory,
+                on_unreadable=unreadable,
                 device=_device(args.device),
             ),
             backend=args.backend_lib,
         )
     except KeyboardInterrupt:
-        print(f"\ninterrupted; {sum(finished.values())} trajectories written; run again to resume", file=sys.stderr)
+        print(f"\ninterrupted; {count} trajectories written; run again to resume", file=sys.stderr)
         return 130
-    print(f"\nran {ran} trajectories ({dict(finished)}) -> {args.out}", file=sys.stderr)
+    print("", file=sys.stderr)
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    print(f"-> {args.out}", file=sys.stderr)
     return 0
 
 

@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import json
 import pkgutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from .agent import Agent, Backend, Trajectory, rollout
+from .agent import Agent, Backend, Trajectory, rollout_stream
 from .configs import AsyncVerlConfig, AsyncVLLMConfig, ClientConfig
 from .errors import ConfigError
 from .records import Generate
 from .templates import TemplateName
 from .tools import Tool
 
-__all__ = ["AgentSpec", "load_agent", "read_tasks", "read_done", "run_rollout_file"]
+__all__ = ["AgentSpec", "RolloutSummary", "load_agent", "iter_tasks", "read_done", "run_rollout_file"]
 
 _TABLE: dict[str, Literal["client", "vllm", "verl"]] = {"client": "client", "async_vllm": "vllm", "async_verl": "verl"}
 
@@ -91,11 +91,11 @@ def load_agent(text: bytes | str) -> tuple[Agent[Any], AgentSpec]:
     return agent, spec
 
 
-def read_tasks(path: Path, on_bad_line: Callable[[int, str], None]) -> list[dict[str, Any]]:
-    """The tasks of a JSONL file. A line that is not a JSON object with
-    ``question``, ``prompt`` or ``messages`` is reported with its (1-based)
-    number and skipped. A task without ``id`` gets ``line-N``."""
-    tasks: list[dict[str, Any]] = []
+def iter_tasks(path: Path, on_bad_line: Callable[[int, str], None]) -> Iterator[dict[str, Any]]:
+    """The tasks of a JSONL file, read lazily. A line that is not a JSON
+    object with ``question``, ``prompt`` or ``messages``, or that repeats an
+    id, is reported with its (1-based) number and skipped. A task without
+    ``id`` gets ``line-N``."""
     seen: set[str] = set()
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
@@ -103,8 +103,8 @@ def read_tasks(path: Path, on_bad_line: Callable[[int, str], None]) -> list[dict
                 continue
             try:
                 task = json.loads(line)
-            except json.JSONDecodeError as exc:
-                on_bad_line(number, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            except ValueError as exc:  # JSONDecodeError, or a number too long to read
+                on_bad_line(number, f"not valid JSON ({getattr(exc, 'msg', exc)})")
                 continue
             if not isinstance(task, dict):
                 on_bad_line(number, f"expected a JSON object, got {type(task).__name__}")
@@ -118,32 +118,87 @@ def read_tasks(path: Path, on_bad_line: Callable[[int, str], None]) -> list[dict
                 on_bad_line(number, f"repeats the id {task['id']!r}")
                 continue
             seen.add(task["id"])
-            tasks.append(task)
-    return tasks
+            yield task
 
 
-def read_done(path: Path) -> set[tuple[str, int]]:
-    """The (task id, chain) pairs already in an output file. A last line cut
-    off by an interruption is removed, so the file stays valid JSONL."""
+class _Done(msgspec.Struct, frozen=True):
+    """What resuming reads of a written trajectory: which chain it is. Any
+    other field, known or not (a newer version's, a hand annotation), is
+    ignored."""
+
+    task_id: str
+    chain_index: int = 0
+
+
+def read_done(path: Path, on_unreadable: Callable[[int, str], None] | None = None) -> set[tuple[str, int]]:
+    """The (task id, chain) pairs already in an output file.
+
+    Nothing complete is ever deleted: only a last line without its newline
+    (cut off by an interruption) is removed, so appending goes on from a line
+    boundary. A complete line that cannot be read as a trajectory's ids is
+    kept byte for byte and reported (with its 1-based number) to
+    ``on_unreadable``; its chain is run again."""
     if not path.exists():
         return set()
-    data = path.read_bytes()
     done: set[tuple[str, int]] = set()
-    keep = 0
-    decoder = msgspec.json.Decoder(Trajectory)
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break  # a partial line at the end
-        try:
-            trajectory = decoder.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            break
-        done.add((trajectory.task_id, trajectory.chain_index))
-        keep += len(line)
-    if keep < len(data):
+    decoder = msgspec.json.Decoder(_Done)
+    offset = 0
+    cut_at: int | None = None
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.endswith(b"\n"):
+                cut_at = offset  # a partial last line
+                break
+            offset += len(line)
+            if not line.strip():
+                continue
+            try:
+                entry = decoder.decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                if on_unreadable is not None:
+                    on_unreadable(number, f"kept as it is, not a trajectory ({exc})")
+                continue
+            done.add((entry.task_id, entry.chain_index))
+    if cut_at is not None:
         with path.open("r+b") as handle:
-            handle.truncate(keep)
+            handle.truncate(cut_at)
     return done
+
+
+class RolloutSummary(msgspec.Struct, kw_only=True):
+    """What a file rollout did: chains run, how they ended, retries, tokens."""
+
+    ran: int = 0
+    finished: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    tool_errors: dict[str, int] = {}
+    retries: dict[str, int] = {}
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, trajectory: Trajectory) -> None:
+        self.ran += 1
+        reason = trajectory.finish_reason
+        self.finished[reason] = self.finished.get(reason, 0) + 1
+        if trajectory.error is not None:
+            kind = trajectory.error.split(":", 1)[0]
+            self.failed[kind] = self.failed.get(kind, 0) + 1
+        for table, counts in ((self.tool_errors, trajectory.tool_error_kinds), (self.retries, trajectory.retries)):
+            for key, count in counts.items():
+                table[key] = table.get(key, 0) + count
+        self.prompt_tokens += trajectory.usage.prompt_tokens
+        self.completion_tokens += trajectory.usage.completion_tokens
+
+    def lines(self) -> list[str]:
+        out = [f"ran {self.ran} chains: " + (", ".join(f"{k} {v}" for k, v in sorted(self.finished.items())) or "none")]
+        if self.failed:
+            out.append("failed: " + ", ".join(f"{k} {v}" for k, v in sorted(self.failed.items())))
+        if self.tool_errors:
+            out.append("tool errors: " + ", ".join(f"{k} {v}" for k, v in sorted(self.tool_errors.items())))
+        if self.retries:
+            out.append("retries: " + ", ".join(f"{k} {v}" for k, v in sorted(self.retries.items())))
+        out.append(f"tokens: {self.prompt_tokens:,} prompt, {self.completion_tokens:,} completion")
+        return out
 
 
 @asynccontextmanager
@@ -182,28 +237,30 @@ async def _transport(
 async def run_rollout_file(
     agent: Agent[Any],
     spec: AgentSpec,
-    tasks: list[dict[str, Any]],
+    tasks: Iterable[dict[str, Any]],
     out: Path,
     *,
     n: int,
     concurrency: int,
     work_dir: Path,
-    on_trajectory: Callable[[int, int, Trajectory], None],
+    on_trajectory: Callable[[Trajectory], None],
+    on_unreadable: Callable[[int, str], None] | None = None,
     device: Literal["cpu", "cuda"] = "cpu",
-) -> int:
+) -> RolloutSummary:
     """Run every (task, chain) not yet in ``out`` and append each trajectory
-    to ``out`` as it finishes (flushed line by line). Returns how many ran."""
-    done = read_done(out)
+    to ``out`` as it finishes (flushed line by line). ``tasks`` is read
+    lazily and at most ``concurrency`` chains are alive, so memory does not
+    grow with the number of tasks."""
+    done = read_done(out, on_unreadable)
+    summary = RolloutSummary()
     with out.open("ab") as sink:
-
-        def written(count: int, total: int, trajectory: Trajectory) -> None:
-            sink.write(msgspec.json.encode(trajectory) + b"\n")
-            sink.flush()
-            on_trajectory(count, total, trajectory)
-
         async with _transport(agent, spec, work_dir, device) as (generate, tokenizer):
-            results = await rollout(
-                agent, generate, tasks, n=n, concurrency=concurrency, tokenizer=tokenizer, progress=written, skip=done
-            )
-    return len(results)
-
+            async with rollout_stream(
+                agent, generate, tasks, n=n, concurrency=concurrency, tokenizer=tokenizer, skip=done
+            ) as trajectories:
+                async for trajectory in trajectories:
+                    sink.write(msgspec.json.encode(trajectory) + b"\n")
+                    sink.flush()
+                    summary.add(trajectory)
+                    on_trajectory(trajectory)
+    return summary

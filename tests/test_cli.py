@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -218,3 +219,46 @@ def test_local_stacks_pick_cpu_settings_only_without_a_gpu(tmp_path: Path, monke
     assert "HF_HUB_OFFLINE" not in cpu_environment(tmp_path, offline=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert "HF_HUB_OFFLINE" not in cpu_environment(tmp_path)
+
+
+def test_resuming_never_deletes_a_complete_line(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    fake_server.configure()
+    out = tmp_path / "out.jsonl"
+    args = [
+        "rollout", "--config", str(agent_toml(tmp_path / "agent.toml", fake_server)),
+        "--tasks", str(tasks_file(tmp_path / "tasks.jsonl", 5)), "--out", str(out),
+    ]  # fmt: skip
+    assert cli(*args).returncode == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 5
+    # A hand annotation (a field this version does not know), a line that is
+    # not a trajectory at all, one chain missing, and a line cut off.
+    annotated = lines[1][:-2] + b', "note": "checked by hand"}\n'
+    edited = lines[0] + annotated + b"not a trajectory\n" + lines[2] + lines[3] + b'{"task_id": "t9", "chain_in'
+    out.write_bytes(edited)
+    fake_server.configure()
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert f"{out}:3: kept as it is, not a trajectory" in again.stderr
+    after = out.read_bytes()
+    kept = lines[0] + annotated + b"not a trajectory\n" + lines[2] + lines[3]
+    assert after.startswith(kept)  # every byte of every complete line, in place
+    assert len(fake_server.log()) == 1  # only the missing chain ran
+    (new,) = trajectories_from(after[len(kept) :])
+    assert (new.task_id, new.chain_index) == (msgspec.json.decode(lines[4], type=Trajectory).task_id, 0)
+
+
+def trajectories_from(data: bytes) -> list[Trajectory]:
+    return [msgspec.json.decode(line, type=Trajectory) for line in data.splitlines()]
+
+
+def test_rollout_prints_a_summary(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    fake_server.configure(script=("400", "ok", "ok"))
+    result = cli(
+        "rollout", "--config", str(agent_toml(tmp_path / "agent.toml", fake_server)),
+        "--tasks", str(tasks_file(tmp_path / "tasks.jsonl", 3)), "--out", str(tmp_path / "o.jsonl"), "--concurrency", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "ran 3 chains: answer 2, error 1" in result.stderr
+    assert "failed: PermanentError 1" in result.stderr
+    assert re.search(r"tokens: \d+ prompt, \d+ completion", result.stderr)
