@@ -328,3 +328,33 @@ def test_concurrency_limit_takes_exactly_one_bound() -> None:
         concurrency_limit()
     with pytest.raises(ConfigError):
         concurrency_limit(0)
+
+
+async def test_tokens_per_minute_holds_when_the_server_reports_no_usage() -> None:
+    clock = FakeClock()
+
+    async def no_usage(request: Request) -> Completion:
+        return Completion(outputs=answer("x").outputs)  # usage 0: an unknown count, not zero tokens
+
+    limited = rate_limit(tokens_per_minute=6000, estimate=lambda r: 1000, clock=clock, sleep=clock.sleep)(no_usage)
+    await limited(user("a"))
+    await limited(user("b"))  # the 1000 estimated tokens drain at 100/s first
+    assert clock.sleeps == [pytest.approx(10.0)]
+
+
+async def test_a_cancelled_waiter_books_nothing() -> None:
+    clock = FakeClock()
+    limited = rate_limit(60, clock=clock, sleep=clock.sleep)(echo_transport())
+    await limited(user("a"))
+
+    async def never_wakes(seconds: float) -> None:
+        await anyio.sleep_forever()
+
+    stuck = rate_limit(60, clock=clock, sleep=never_wakes)
+    waiting = stuck(echo_transport())
+    await waiting(user("first"))  # books the slot at t
+    with anyio.move_on_after(0.05):
+        await waiting(user("second"))  # waits for t + 1 s, then is cancelled
+    clock.now += 1.0
+    completion = await waiting(user("third"))  # the slot the cancelled caller never took
+    assert completion.rate_limit_seconds == 0.0

@@ -140,3 +140,32 @@ async def test_default_stack_from_config_holds_the_rate(fake_server: FakeOpenAIS
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert len(arrivals) == 12
     assert min(gaps) > 0.1 * 0.5 and sum(gaps) >= 11 * 0.1 * 0.95
+
+
+async def test_callers_that_give_up_waiting_leave_their_slots_to_the_next(fake_server: FakeOpenAIServer) -> None:
+    """rate_limit(120): one start every 0.5 s. Twenty callers queue behind the
+    first and give up after 0.3 s; the next caller must start at the next
+    slot (0.5 s), not twenty slots later, and the bound still holds."""
+    fake_server.configure()
+    config = ClientConfig(base_url=fake_server.base_url, model="fake-echo", max_retries=0)
+    waited: list[float] = []
+    async with open_backend(config, middleware=rate_limit(120)) as generate:
+        first = await generate(user("first"))
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+
+                async def impatient(i: int = i) -> None:
+                    with anyio.move_on_after(0.3):
+                        await generate(user(f"gave-up-{i}"))
+
+                tg.start_soon(impatient)
+        for key in ("next", "after-1", "after-2"):
+            completion = await generate(user(key))
+            waited.append(completion.rate_limit_seconds)
+    arrivals = {e.key: e.t for e in fake_server.log()}
+    assert not any(key.startswith("gave-up") for key in arrivals)  # nothing was sent for them
+    assert first.rate_limit_seconds == 0.0
+    assert arrivals["next"] - arrivals["first"] < 0.5 + 0.25  # the next slot, not slot 21
+    gaps = [arrivals["after-1"] - arrivals["next"], arrivals["after-2"] - arrivals["after-1"]]
+    assert all(gap >= 0.5 * 0.9 for gap in gaps)  # and the rate still holds
+    assert waited[0] < 0.5 and all(w > 0.3 for w in waited[1:])  # the wait is reported on the completion

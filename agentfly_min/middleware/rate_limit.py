@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import anyio
+import msgspec
 from msgspec import Meta
 
 from .._validation import require, require_positive
@@ -15,10 +17,12 @@ from ..records import Completion, Generate, Middleware, Request
 
 __all__ = ["rate_limit", "estimate_tokens"]
 
+_log = logging.getLogger("agentfly_min.rate_limit")
+
 
 class _Gcra:
-    """The generic cell rate algorithm, as a scheduler: ``reserve`` books the
-    earliest time at which a call of ``cost`` units conforms and returns it.
+    """The generic cell rate algorithm: ``earliest`` says when a call may
+    start, ``book`` charges a call that starts.
 
     Each unit advances the theoretical arrival time (TAT) by ``interval``; a
     call may start once ``TAT - tolerance <= now``. Over any window of length
@@ -31,10 +35,11 @@ class _Gcra:
         self._tolerance = tolerance
         self._tat = -math.inf
 
-    def reserve(self, now: float, cost: float) -> float:
-        start = max(now, self._tat - self._tolerance)
+    def earliest(self, now: float) -> float:
+        return max(now, self._tat - self._tolerance)
+
+    def book(self, start: float, cost: float) -> None:
         self._tat = max(self._tat, start) + cost * self._interval
-        return start
 
     def adjust(self, cost: float) -> None:
         """Charge (or refund, if negative) units after the fact."""
@@ -71,12 +76,21 @@ def rate_limit(
     Tokens: a call waits until the tokens already spent (at
     ``tokens_per_minute``) have drained, then books ``estimate(request)``
     tokens; when it completes, the booking is corrected to the real
-    ``usage.total_tokens`` (failed calls keep their estimate).
+    ``usage.total_tokens``. A call that fails, or whose server reports no
+    usage, keeps its estimate (a refund to zero would let the limit slip).
+    The token burst is one call: over any window of ``w`` seconds the
+    tokens booked are at most one call's plus ``w * tokens_per_minute / 60``.
+
+    Waiting callers form one first-come, first-served queue, and a call is
+    charged only when it starts: the head of the queue sleeps until its
+    start time, books, and hands over to the next. A caller cancelled while
+    it waits (a timeout, a cancelled chain) leaves the queue without a
+    booking, so the callers after it do not wait for slots nobody used.
 
     The limiter is built here, once, and shared by everything this middleware
-    wraps. A call cancelled while it waits keeps its booking: the rate can
-    only come out lower, never higher. ``clock`` and ``sleep`` are injectable
-    for tests; by default they are anyio's, so this runs on asyncio and trio.
+    wraps. The time a call waited is added to ``Completion.rate_limit_seconds``.
+    ``clock`` and ``sleep`` are injectable for tests; by default they are
+    anyio's, so this runs on asyncio and trio.
     """
     if requests_per_minute is None and tokens_per_minute is None:
         raise ConfigError("rate_limit", "give requests_per_minute, tokens_per_minute, or both")
@@ -91,29 +105,43 @@ def rate_limit(
         require_positive("rate_limit.tokens_per_minute", tokens_per_minute)
         tokens = _Gcra(60.0 / tokens_per_minute, 0.0)
 
-    async def wait_turn(request: Request) -> int:
-        now = clock()
-        start = now
-        booked = 0
-        # Both reservations are taken before the first await, so concurrent
-        # callers are ordered without a lock. The request slot is booked last,
-        # from the token start, so the booked start is the real one and the
-        # request rate is exact even when tokens delay a call.
-        if tokens is not None:
-            booked = estimate(request)
-            start = tokens.reserve(now, float(booked))
-        if requests is not None:
-            start = requests.reserve(start, 1.0)
-        if start > now:
-            await sleep(start - now)
-        return booked
+    queue = anyio.Lock()  # FIFO: waiters are served in the order they came
+
+    async def wait_turn(request: Request) -> tuple[int, float]:
+        cost = estimate(request) if tokens is not None else 0
+        arrived = clock()
+        held = queue.locked()  # others are ahead of us: that wait counts
+        async with queue:
+            while True:
+                now = clock()
+                start = now
+                if tokens is not None:
+                    start = tokens.earliest(start)
+                if requests is not None:
+                    start = requests.earliest(start)
+                if start <= now:
+                    break
+                # Cancelled here, the caller leaves the queue with nothing booked.
+                held = True
+                await sleep(start - now)
+            if tokens is not None:
+                tokens.book(now, float(cost))
+            if requests is not None:
+                requests.book(now, 1.0)
+        waited = now - arrived if held else 0.0
+        if waited > 0:
+            _log.debug("rate limit held a request for %.3f s", waited)
+        return cost, waited
 
     def layer(inner: Generate) -> Generate:
         async def generate(request: Request) -> Completion:
-            booked = await wait_turn(request)
+            booked, waited = await wait_turn(request)
             completion = await inner(request)
-            if tokens is not None:
-                tokens.adjust(float(completion.usage.total_tokens - booked))
+            used = completion.usage.total_tokens
+            if tokens is not None and used > 0:
+                tokens.adjust(float(used - booked))
+            if waited > 0:
+                completion = msgspec.structs.replace(completion, rate_limit_seconds=completion.rate_limit_seconds + waited)
             return completion
 
         return generate
