@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import anyio
 import pytest
 
@@ -358,3 +361,35 @@ async def test_a_cancelled_waiter_books_nothing() -> None:
     clock.now += 1.0
     completion = await waiting(user("third"))  # the slot the cancelled caller never took
     assert completion.rate_limit_seconds == 0.0
+
+
+async def test_retries_are_counted_by_reason_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from agentfly_min.errors import TransientError
+
+    failures = iter([TransientError("HTTP 429: slow down", status=429), TransientError("request timed out"), None])
+
+    async def flaky(request: Request) -> Completion:
+        error = next(failures)
+        if error is not None:
+            raise error
+        return answer("ok")
+
+    sleeps: list[float] = []
+
+    async def record(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    with caplog.at_level(logging.INFO, logger="agentfly_min.retry"):
+        completion = await retry(sleep=record, uniform=lambda: 0.0)(flaky)(user("x"))
+    assert completion.attempts == 3 and completion.retries == ("HTTP 429", "timeout")
+    assert caplog.text.count("retrying in") == 2
+
+
+async def test_an_episode_sums_retries_and_rate_limit_waits(fake_server: Any) -> None:
+    from agentfly_min import Agent, ClientConfig, open_backend, run_agent
+
+    fake_server.configure(script=("429", "500", "ok"), retry_after=0.0)
+    config = ClientConfig(base_url=fake_server.base_url, model="fake-echo", max_requests_per_minute=6000)
+    async with open_backend(config) as generate:
+        trajectory = await run_agent(Agent(model_name_or_path="m"), generate, {"question": "q"})
+    assert trajectory.attempts == 3 and trajectory.retries == {"HTTP 429": 1, "HTTP 500": 1}

@@ -8,6 +8,7 @@ import pytest
 
 from agentfly_min import Message, Trajectory
 from agentfly_min.rewards import extract_answer, math_reward_string_equal, normalize_answer
+from agentfly_min.rewards.math import as_number
 
 
 def finished(*texts: str) -> Trajectory:
@@ -35,6 +36,24 @@ def finished(*texts: str) -> Trajectory:
         ("no digits here", "1", 0.0),
         ("\\boxed{0.5}", "1/2", 0.0),  # no algebra: strings after light normalisation
         ("\\boxed{42", "42", 1.0),  # an unclosed box is ignored; the last number counts
+        # Numbers are compared as numbers.
+        ("\\boxed{\u22123}", "-3", 1.0),  # a unicode minus is a minus
+        ("\\boxed{.5}", "0.50", 1.0),
+        ("\\boxed{0.5}", ".5", 1.0),
+        ("\\boxed{42.}", "42", 1.0),
+        ("\\boxed{+42}", "42", 1.0),
+        ("\\boxed{-0}", "0", 1.0),
+        ("\\boxed{1{,}000}", "1000", 1.0),
+        ("\\boxed{42\\%}", "42", 1.0),
+        ("\\boxed{\\text{42}}", "42", 1.0),
+        ("$\\boxed{7}$", "7", 1.0),
+        ("so about 1e3", "3", 0.0),  # the 3 of 1e3 is not a number on its own
+        ("so about 1e3", "1000", 1.0),
+        ("it is between 3-5", "3", 0.0),  # a range, not "3" and "-5"
+        ("it is between 3-5", "5", 1.0),
+        ("\\boxed{42} and then \\boxed{4", "42", 1.0),  # an unclosed last box hides nothing
+        ("x3 is the variable", "3", 0.0),
+        ("\\boxed{1/2}", "1/2", 1.0),  # not numbers: exact strings
     ],
 )
 def test_math_reward(text: str, answer: Any, reward: float) -> None:
@@ -57,6 +76,8 @@ def test_task_without_answer_raises() -> None:
 def test_helpers() -> None:
     assert extract_answer("a 1 b 2.5 c") == "2.5"
     assert extract_answer("nothing") is None
-    assert normalize_answer(" $12,345.600 ") == "12345.6"
-    assert normalize_answer("0.000") == "0"
-    assert normalize_answer("1,2") == "1,2"  # not a thousands separator
+    assert normalize_answer(" $12,345.600 ") == "12,345.600"
+    assert as_number(" $12,345.600 ") == as_number("12345.6")
+    assert as_number("0.000") == 0
+    assert as_number("1,2") is None  # not a thousands separator
+    assert normalize_answer("\\text{\u221242}\\%") == "-42"

@@ -154,3 +154,57 @@ def test_fuzz_any_text_never_crashes_hangs_or_runs_code(text: str) -> None:
     allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop)
     assert all(isinstance(node, allowed) for node in ast.walk(tree))
     float(result)
+
+
+def test_tool_refuses_what_it_cannot_describe_or_call() -> None:
+    import functools
+
+    from agentfly_min import ConfigError, tool
+
+    def add(a: int, b: int) -> int:
+        """Add.
+
+        Args:
+            a: One.
+            b: Two.
+        """
+        return a + b
+
+    with pytest.raises(ConfigError, match="takes a function or method, not a partial"):
+        tool(functools.partial(add, 1))
+
+    def positional(a: int, /) -> int:
+        """Echo.
+
+        Args:
+            a: A number.
+        """
+        return a
+
+    with pytest.raises(ConfigError, match="'a' is positional-only"):
+        tool(positional)
+
+    def stale(a: int) -> int:
+        """Echo.
+
+        Args:
+            a: A number.
+            b: Removed long ago.
+        """
+        return a
+
+    with pytest.raises(ConfigError, match="Args describe b, which the function does not take"):
+        tool(stale)
+
+
+@pytest.mark.parametrize(
+    ("expression", "says"),
+    [("2**-4000", "about 1e-1205, too small"), ("10**-1000", "about 1e-1000, too small"), ("9**9**9", "more than 1000 digits")],
+)
+def test_calculator_says_what_is_wrong_with_extreme_results(expression: str, says: str) -> None:
+    from agentfly_min.tools import ToolError
+    from agentfly_min.tools.arithmetic import evaluate
+
+    with pytest.raises(ToolError, match=says):
+        evaluate(expression)
+    assert evaluate("10**-300") == "1e-300"  # small, but representable

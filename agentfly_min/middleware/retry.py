@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Annotated
@@ -14,7 +15,21 @@ from .._validation import require, require_positive
 from ..errors import RetriesExhaustedError, TransientError, TransportError
 from ..records import Completion, Generate, Middleware, Request
 
-__all__ = ["retry", "is_transient", "server_retry_after", "backoff_delay"]
+__all__ = ["retry", "is_transient", "server_retry_after", "backoff_delay", "retry_reason"]
+
+_log = logging.getLogger("agentfly_min.retry")
+
+
+def retry_reason(error: TransportError) -> str:
+    """A short name for why an attempt failed, to count by: ``"HTTP 429"``,
+    ``"timeout"``, ``"connection"``, else the error's type."""
+    if error.status is not None:
+        return f"HTTP {error.status}"
+    if isinstance(error, TimeoutError) or "timed out" in str(error):
+        return "timeout"
+    if "connection" in str(error):
+        return "connection"
+    return type(error).__name__
 
 
 def is_transient(error: TransportError) -> bool:
@@ -59,7 +74,9 @@ def retry(
     the caller. Giving up raises
     :class:`~agentfly_min.errors.RetriesExhaustedError` saying why, with the
     last error attached. A completion records how many attempts it took in
-    ``Completion.attempts``.
+    ``Completion.attempts`` and why each failed one failed in
+    ``Completion.retries`` (see :func:`retry_reason`); every retry is logged
+    on the ``agentfly_min.retry`` logger.
     """
     require("retry.max_retries", max_retries, Annotated[int, Meta(ge=0)])
     require_positive("retry.initial_backoff", initial_backoff)
@@ -70,6 +87,7 @@ def retry(
     def layer(inner: Generate) -> Generate:
         async def generate(request: Request) -> Completion:
             attempt = 1
+            reasons: list[str] = []
             while True:
                 try:
                     completion = await inner(request)
@@ -94,12 +112,16 @@ def retry(
                             attempt, initial=initial_backoff, maximum=max_backoff, jitter=jitter, uniform=uniform()
                         )
                     )
+                    reasons.append(retry_reason(error))
+                    _log.info("attempt %d failed (%s); retrying in %.2f s", attempt, error, delay)
                     await sleep(delay)
                     attempt += 1
                     continue
                 if attempt == 1:
                     return completion
-                return msgspec.structs.replace(completion, attempts=completion.attempts + attempt - 1)
+                return msgspec.structs.replace(
+                    completion, attempts=completion.attempts + attempt - 1, retries=(*reasons, *completion.retries)
+                )
 
         return generate
 

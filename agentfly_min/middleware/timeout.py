@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 
 from .._validation import require_positive
@@ -9,6 +11,8 @@ from ..errors import GenerationTimeoutError
 from ..records import Completion, Generate, Middleware, Request
 
 __all__ = ["timeout"]
+
+_log = logging.getLogger("agentfly_min.timeout")
 
 
 def timeout(seconds: float) -> Middleware:
@@ -26,6 +30,7 @@ def timeout(seconds: float) -> Middleware:
             with anyio.move_on_after(seconds) as scope:
                 return await inner(request)
             if scope.cancelled_caught:
+                _log.info("a call ran past its %g s limit and was cancelled", seconds)
                 raise GenerationTimeoutError(seconds)
             raise AssertionError("unreachable: the cancel scope exited without a result")
 

@@ -16,6 +16,7 @@ __all__ = ["calculator", "evaluate"]
 
 MAX_CHARS = 500
 MAX_DIGITS = 1000
+_SMALLEST = math.log10(2.2250738585072014e-308)  # the smallest normal float
 
 _Number = int | float
 _BINARY: dict[type[ast.operator], Callable[[_Number, _Number], _Number]] = {
@@ -38,9 +39,14 @@ def _check(value: _Number) -> _Number:
 
 
 def _power(base: _Number, exponent: _Number) -> _Number:
-    # Refuse before computing: 9**9**9 would otherwise run for hours.
-    if base not in (0, 1, -1) and abs(exponent) * math.log10(abs(base)) > MAX_DIGITS:
-        raise ToolError(f"result has more than {MAX_DIGITS} digits")
+    # Decide from the magnitude before computing: 9**9**9 would otherwise run
+    # for hours, and 2**-4000 would quietly come out as 0.
+    if base not in (0, 1, -1):
+        magnitude = exponent * math.log10(abs(base))  # log10 of the result's size
+        if magnitude > MAX_DIGITS:
+            raise ToolError(f"result has more than {MAX_DIGITS} digits")
+        if magnitude < _SMALLEST:
+            raise ToolError(f"result is about 1e{math.floor(magnitude)}, too small to represent (below 1e-308)")
     result = base**exponent
     if isinstance(result, complex):
         raise ToolError("result is not a real number")

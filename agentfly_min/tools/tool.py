@@ -74,6 +74,13 @@ def _schema(name: str, fields: list[tuple[str, Any, Any]]) -> tuple[type[msgspec
 
 
 def _build(function: ToolFunction, name: str | None, timeout: float) -> Tool:
+    if not (inspect.isfunction(function) or inspect.ismethod(function)):
+        shown = name or type(function).__name__
+        raise ConfigError(
+            f"tool {shown}",
+            f"@tool takes a function or method, not a {type(function).__name__} "
+            "(its signature and docstring are what the model reads; wrap it in a def)",
+        )
     tool_name = name or function.__name__
     doc = docstring_parser.parse(inspect.getdoc(function) or "")
     description = " ".join(part for part in (doc.short_description, doc.long_description) if part).strip()
@@ -81,10 +88,20 @@ def _build(function: ToolFunction, name: str | None, timeout: float) -> Tool:
         raise ConfigError(f"tool {tool_name}", "needs a docstring: it is the description the model reads")
     param_docs = {p.arg_name: (p.description or "").strip() for p in doc.params}
     hints = typing.get_type_hints(function, include_extras=True)
+    parameters = inspect.signature(function).parameters
+    unknown = sorted(set(param_docs) - set(parameters))
+    if unknown:
+        raise ConfigError(
+            f"tool {tool_name}", f"the docstring's Args describe {', '.join(unknown)}, which the function does not take"
+        )
     fields: list[tuple[str, Any, Any]] = []
-    for param in inspect.signature(function).parameters.values():
+    for param in parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ConfigError(f"tool {tool_name}", f"*{param.name} cannot be described to a model")
+        if param.kind == param.POSITIONAL_ONLY:
+            raise ConfigError(
+                f"tool {tool_name}", f"parameter {param.name!r} is positional-only; the model's arguments arrive by name"
+            )
         if param.name not in hints:
             raise ConfigError(f"tool {tool_name}", f"parameter {param.name!r} needs a type annotation")
         text = param_docs.get(param.name, "")
