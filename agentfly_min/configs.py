@@ -7,6 +7,7 @@ decoding one (:func:`decode_config`) with an unknown or mistyped field, raises
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated, Literal, TypeAlias, TypeVar
 
 import msgspec
@@ -208,9 +209,25 @@ def decode_config(data: bytes | str, type: type[_C], *, format: Literal["toml", 
             return msgspec.toml.decode(data, type=type, dec_hook=_read_secret)
         return msgspec.json.decode(data, type=type, dec_hook=_read_secret)
     except msgspec.ValidationError as exc:
-        raise ConfigError(type.__name__, str(exc)) from None
+        raise _named(type.__name__, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(type.__name__, f"not valid {format.upper()}: {exc}") from None
+
+
+_AT = re.compile(r"^(?P<reason>.*) - at `\$\.(?P<path>[^`]*)`$", re.DOTALL)
+
+
+def _named(struct: str, text: str) -> ConfigError:
+    """One error naming the field, whether msgspec found the problem
+    ("... - at `$.timeout`") or the struct's own check did (its message
+    already starts with the field's name)."""
+    if text.startswith(f"{struct}."):
+        field, _, reason = text.partition(": ")
+        return ConfigError(field, reason)
+    match = _AT.match(text)
+    if match:
+        return ConfigError(f"{struct}.{match['path']}", match["reason"])
+    return ConfigError(struct, text)
 
 
 def _mask_secret(obj: object) -> object:

@@ -101,8 +101,8 @@ def test_backend_gets_its_default_config() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field", "says"),
     [
-        ({"backend": "client", "backend_config": AsyncVLLMConfig()}, "Agent.backend_config", "takes a ClientConfig, got a AsyncVLLMConfig"),
-        ({"backend": "async_vllm", "backend_config": ClientConfig()}, "Agent.backend_config", "takes a AsyncVLLMConfig"),
+        ({"backend": "client", "backend_config": AsyncVLLMConfig()}, "Agent.backend_config", "takes a ClientConfig, got an AsyncVLLMConfig"),
+        ({"backend": "async_vllm", "backend_config": ClientConfig()}, "Agent.backend_config", "takes an AsyncVLLMConfig"),
         ({"backend": "vllm"}, "Agent.backend", "Invalid enum value 'vllm'"),
         ({"max_turns": 0}, "Agent.max_turns", ">= 1"),
         ({"tools": [calculator, calculator]}, "Agent.tools", "repeated: calculator"),

@@ -80,8 +80,8 @@ def test_decode_toml_and_json() -> None:
     ("text", "says"),
     [
         (b'base_url = "http://x/v1"\ntimout = 3\n', "unknown field `timout`"),
-        (b"timeout = -3\n", "> 0.0 - at `$.timeout`"),
-        (b'timeout = "soon"\n', "Expected `float`, got `str` - at `$.timeout`"),
+        (b"timeout = -3\n", "ClientConfig.timeout: Expected `float` > 0.0"),
+        (b'timeout = "soon"\n', "ClientConfig.timeout: Expected `float`, got `str`"),
         (b"timeout = \n", "not valid TOML"),
     ],
 )

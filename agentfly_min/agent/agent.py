@@ -8,6 +8,7 @@ from typing import Annotated, Any, Generic, Literal, TypeAlias, TypeVar
 import msgspec
 from msgspec import Meta
 
+from .._text import a_or_an
 from .._validation import require
 from ..configs import AsyncVerlConfig, AsyncVLLMConfig, BackendConfig, ClientConfig
 from ..errors import ConfigError
@@ -91,7 +92,7 @@ class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
         elif not isinstance(self.backend_config, wanted):
             raise ConfigError(
                 "Agent.backend_config",
-                f"backend={self.backend!r} takes a {wanted.__name__}, got a {type(self.backend_config).__name__}",
+                f"backend={self.backend!r} takes {a_or_an(wanted.__name__)}, got {a_or_an(type(self.backend_config).__name__)}",
             )
         tools = tuple(self.tools)
         for item in tools:
