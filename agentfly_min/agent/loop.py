@@ -507,6 +507,7 @@ async def rollout_stream(
     concurrency: int = 64,
     tokenizer: Tokenizer | None = None,
     skip: Container[tuple[str, int]] = (),
+    check_repeats: bool = True,
 ) -> AsyncIterator[MemoryObjectReceiveStream[Trajectory]]:
     """Run ``n`` chains per task with at most ``concurrency`` alive, and hand
     out trajectories as they finish::
@@ -517,11 +518,13 @@ async def rollout_stream(
 
     ``tasks`` is read lazily (a generator over a file is fine) and nothing is
     kept of a finished chain, so memory is bounded by ``concurrency``, not by
-    the number of tasks (only the ids seen are kept, to catch repeats). A
-    chain waits for the consumer before it frees its slot. A task whose id
-    was seen before gets trajectories with ``error`` set instead of running
-    (the list form, :func:`rollout`, refuses such tasks up front). Leaving
-    the block early cancels the chains still running.
+    the number of tasks. A chain waits for the consumer before it frees its
+    slot. With ``check_repeats`` a task whose id was seen before gets
+    trajectories with ``error`` set instead of running (the list form,
+    :func:`rollout`, refuses such tasks up front); that check keeps every id
+    seen, about 130 bytes a task: turn it off when the ids are known to be
+    unique and memory must not grow at all. Leaving the block early cancels
+    the chains still running.
     """
     if n < 1:
         raise ConfigError("rollout n", f"needs n >= 1, got {n}")
@@ -554,7 +557,7 @@ async def rollout_stream(
                 async for task in _each(tasks):
                     ident = task_id(task, index)
                     duplicate = first_seen.get(ident)
-                    if duplicate is None:
+                    if duplicate is None and check_repeats:
                         first_seen[ident] = index
                     for chain_index in range(n):
                         if (ident, chain_index) in skip:

@@ -16,12 +16,15 @@ A call's ``arguments`` is the JSON text exactly as the model wrote it
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import re
+from collections.abc import Iterator
 
 import msgspec
 
-__all__ = ["MAX_CALLS", "MAX_DEPTH", "ParsedCall", "MalformedToolCall", "ParsedTurn", "parse_tool_calls", "json_depth"]
+__all__ = ["MAX_CALLS", "MAX_DEPTH", "ParsedCall", "MalformedToolCall", "ParsedTurn", "parse_tool_calls", "json_depth", "too_deep"]
 
 MAX_DEPTH = 64
 """Deepest JSON nesting accepted in a call (Python's json recursion, and
@@ -31,8 +34,10 @@ MAX_CALLS = 64
 
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = re.compile(r"[\[\]{}]")
+_ESCAPES = re.compile(r"\\.", re.DOTALL)
+_STRINGS = re.compile(r'"[^"]*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # an opening bracket +1, a closing one -1 (after the shift)
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 
@@ -57,14 +62,21 @@ class ParsedTurn(msgspec.Struct, frozen=True, kw_only=True):
 def json_depth(text: str) -> int:
     """The deepest bracket nesting of JSON ``text`` (strings skipped), in
     linear time and without recursion; unbalanced text counts its peak."""
-    depth = peak = 0
-    for match in _BRACKETS.finditer(_STRINGS.sub("", text)):
-        if match.group() in "[{":
-            depth += 1
-            peak = max(peak, depth)
-        else:
-            depth -= 1
-    return peak
+    return max(0, max(_depths(text), default=0))
+
+
+def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON ``text`` nests deeper than ``limit``; stops at the first
+    bracket past it."""
+    return any(depth > limit for depth in _depths(text))
+
+
+def _depths(text: str) -> Iterator[int]:
+    # Escapes first, so that an escaped quote cannot end a string; then the
+    # strings; then a running sum over the brackets, all in C.
+    bare = _NOT_BRACKETS.sub("", _STRINGS.sub("", _ESCAPES.sub("", text)))
+    steps = map(operator.sub, bare.encode("ascii").translate(_STEP), itertools.repeat(1))
+    return itertools.accumulate(steps)
 
 
 def _object_members(body: str) -> dict[str, tuple[object, str]] | str:
@@ -102,7 +114,7 @@ def _object_members(body: str) -> dict[str, tuple[object, str]] | str:
 
 def _parse_block(raw: str) -> ParsedCall | MalformedToolCall:
     body = raw.strip()
-    if json_depth(body) > MAX_DEPTH:
+    if too_deep(body):
         return MalformedToolCall(raw=body, reason=f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         members = _object_members(body)
@@ -118,7 +130,7 @@ def _parse_block(raw: str) -> ParsedCall | MalformedToolCall:
     arguments, arguments_text = members.get("arguments", ({}, "{}"))
     if isinstance(arguments, str):  # some models write the arguments as a JSON string
         arguments_text = arguments.strip()
-        if json_depth(arguments_text) > MAX_DEPTH:
+        if too_deep(arguments_text):
             return MalformedToolCall(raw=body, reason=f"JSON nested deeper than {MAX_DEPTH} levels")
         try:
             arguments = json.loads(arguments_text)

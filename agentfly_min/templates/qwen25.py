@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import msgspec
 
 from ..records import Message, ToolCall, ToolSchema
-from .hermes import MAX_DEPTH, json_depth
+from .hermes import MAX_DEPTH, too_deep
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -59,7 +59,7 @@ def arguments_value(arguments: str) -> object:
     passes them): the parsed value when the text is JSON that is safe to
     handle (nesting within :data:`MAX_DEPTH`, numbers Python can
     read, text that encodes as UTF-8), else the raw text. Never raises."""
-    if json_depth(arguments) > MAX_DEPTH:
+    if too_deep(arguments):
         return arguments
     try:
         value = json.loads(arguments)

@@ -88,14 +88,14 @@ def _build(function: ToolFunction, name: str | None, timeout: float) -> Tool:
         raise ConfigError(f"tool {tool_name}", "needs a docstring: it is the description the model reads")
     param_docs = {p.arg_name: (p.description or "").strip() for p in doc.params}
     hints = typing.get_type_hints(function, include_extras=True)
-    parameters = inspect.signature(function).parameters
-    unknown = sorted(set(param_docs) - set(parameters))
+    signature = inspect.signature(function).parameters
+    unknown = sorted(set(param_docs) - set(signature))
     if unknown:
         raise ConfigError(
             f"tool {tool_name}", f"the docstring's Args describe {', '.join(unknown)}, which the function does not take"
         )
     fields: list[tuple[str, Any, Any]] = []
-    for param in parameters.values():
+    for param in signature.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ConfigError(f"tool {tool_name}", f"*{param.name} cannot be described to a model")
         if param.kind == param.POSITIONAL_ONLY:
