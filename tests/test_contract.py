@@ -316,3 +316,10 @@ def test_messages_as_sdks_and_clients_send_them() -> None:
     assert msgspec.json.decode('{"role": "developer", "content": "Be brief."}', type=Message).role == "developer"
     parts = msgspec.json.decode('{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}', type=Message)
     assert parts.text == "ab"
+
+
+async def test_without_the_repeat_check_repeated_ids_run() -> None:
+    repeated = [{"id": "same", "question": "q", "answer": "4"}] * 3
+    async with rollout_stream(AGENT, answering(), repeated, check_repeats=False) as trajectories:
+        ran = [t async for t in trajectories]
+    assert len(ran) == 3 and all(t.error is None for t in ran)
