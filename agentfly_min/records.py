@@ -74,7 +74,9 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A chat message in the OpenAI shape.
 
     ``content`` is text, or a list of text parts as some clients send it
-    (:attr:`text` joins them). ``tool_calls`` appears on assistant messages
+    (:attr:`text` joins them). ``reasoning_content`` is an assistant turn's
+    thinking, kept apart from its content (as OpenAI-compatible servers return
+    it for reasoning models). ``tool_calls`` appears on assistant messages
     (``null`` on the wire, as the OpenAI SDK dumps it, reads as none);
     ``tool_call_id`` (and optionally ``name``) on ``tool`` messages
     answering one.
@@ -82,6 +84,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     role: Role
     content: str | tuple[TextPart, ...] | None = None
+    reasoning_content: str | None = None
     tool_calls: tuple[ToolCall, ...] | None = ()
     tool_call_id: str | None = None
     name: str | None = None
@@ -176,7 +179,9 @@ class Output(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     ``token_ids`` and ``logprobs`` (one per token id, the sampled token's log
     probability) are set when the transport works in tokens.
-    ``weight_versions`` (one per token id) is the policy version that sampled
+    ``reasoning`` is the thinking a server parsed out of the text (its
+    ``reasoning_content``), when it did. ``weight_versions`` (one per token
+    id) is the policy version that sampled
     each token, where the transport knows it (verl's ``global_steps``; a
     request resumed after a weight update has tokens of two versions).
     """
@@ -184,6 +189,7 @@ class Output(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     text: str
     finish_reason: FinishReason
     tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str | None = None
     token_ids: tuple[int, ...] | None = None
     logprobs: tuple[float, ...] | None = None
     weight_versions: tuple[int, ...] | None = None

@@ -106,7 +106,7 @@ def test_backend_gets_its_default_config() -> None:
         ({"backend": "vllm"}, "Agent.backend", "Invalid enum value 'vllm'"),
         ({"max_turns": 0}, "Agent.max_turns", ">= 1"),
         ({"tools": [calculator, calculator]}, "Agent.tools", "repeated: calculator"),
-        ({"template": "llama3"}, "Agent.template", "Invalid enum value"),
+        ({"template": "no-such-family"}, "Agent.template", "no template named"),
         ({"model_name_or_path": ""}, "Agent.model_name_or_path", "length >= 1"),
         ({"tools": [print]}, "Agent.tools", "use @tool"),
     ],

@@ -12,7 +12,7 @@ from .._text import a_or_an
 from .._validation import require
 from ..configs import AsyncVerlConfig, AsyncVLLMConfig, BackendConfig, ClientConfig
 from ..errors import ConfigError
-from ..templates import TemplateName
+from ..templates import TemplateName, get_template
 from ..tools import Tool
 from .trajectory import Trajectory
 
@@ -84,7 +84,11 @@ class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
         require("Agent.max_prompt_tokens", self.max_prompt_tokens, Annotated[int, Meta(ge=1)] | None)
         require("Agent.logprobs", self.logprobs, bool)
         require("Agent.temperature", self.temperature, Annotated[float, Meta(ge=0.0, le=2.0)] | None)
-        require("Agent.template", self.template, TemplateName)
+        require("Agent.template", self.template, str)
+        try:
+            get_template(self.template)
+        except ConfigError as exc:
+            raise ConfigError("Agent.template", exc.reason) from None
         require("Agent.backend", self.backend, Backend)
         wanted = _CONFIG_FOR[self.backend]
         if self.backend_config is None:

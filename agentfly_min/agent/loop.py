@@ -28,9 +28,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._text import one_line
 from ..errors import ConfigError, ContextLengthError
-from ..records import Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, Usage
-from ..templates import MalformedToolCall, ParsedCall, parse_tool_calls
-from ..templates.qwen25 import IM_END, GENERATION_PROMPT, render, render_tool_results
+from ..records import Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, ToolSchema, Usage
+from ..templates import MalformedToolCall, ParsedCall, ParsedTurn, Template, Turn, get_template
 from ..tools import Tool, ToolError
 from .agent import Agent, Task
 from .trajectory import EpisodeEnd, Trajectory
@@ -76,35 +75,43 @@ def task_messages(task: Task, system_prompt: str | None) -> tuple[Message, ...]:
 
 
 class _Tokens:
-    """The token-exact record of an episode, grown turn by turn.
+    """The token-exact record of an episode, grown turn by turn: the ids the
+    engine sampled, with the template's splices between turns.
 
     ``logprobs`` and ``versions`` stay aligned with ``ids`` while every
     sampled turn brings them; the first turn without them turns them to None
     for good (a partial record would mislead a trainer)."""
 
-    def __init__(self, tokenizer: Tokenizer, prompt: str, max_prompt_tokens: int | None) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        template: Template,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSchema],
+        max_prompt_tokens: int | None,
+    ) -> None:
         self._tokenizer = tokenizer
-        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        self._template = template
+        template.check(tokenizer)
+        ids = template.prompt_ids(tokenizer, messages, tools)
         self.dropped = 0
         if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
             self.dropped = len(ids) - max_prompt_tokens
             ids = ids[self.dropped :]
             _log.warning("prompt of %d tokens cut to its last %d (max_prompt_tokens)", len(ids) + self.dropped, len(ids))
         self.prompt_ids = ids
-        end = tokenizer.encode(IM_END, add_special_tokens=False)
-        if len(end) != 1:
-            raise ValueError(f"the tokenizer does not have {IM_END} as one token; it is not a Qwen2.5 tokenizer")
-        self.end_id = end[0]
         self.ids: list[int] = []
         self.mask: list[int] = []
         self.logprobs: list[float] | None = []
         self.versions: list[int] | None = []
+        self._last: tuple[int, ...] = ()
 
     def context(self) -> tuple[int, ...]:
         return (*self.prompt_ids, *self.ids)
 
     def sampled(self, output: Output) -> None:
         ids = output.token_ids or ()
+        self._last = tuple(ids)
         self.ids.extend(ids)
         self.mask.extend([1] * len(ids))
         if self.logprobs is not None:
@@ -118,16 +125,14 @@ class _Tokens:
             else:
                 self.versions = None
 
-    def observation(self, last_output: Output, results: Sequence[Message], room: int | None) -> bool:
-        """Splice in what follows a sampled turn: the end of the assistant
-        turn (if the model did not sample it), the tool results, and the next
-        generation prompt; exactly the text the template would put there.
-        At most ``room`` tokens go in; returns False when the splice had to
-        be cut there (the budget is spent)."""
-        sampled = last_output.token_ids or ()
-        ended = bool(sampled) and sampled[-1] == self.end_id
-        text = ("" if ended else IM_END) + "\n" + render_tool_results(results) + GENERATION_PROMPT
-        ids = self._tokenizer.encode(text, add_special_tokens=False)
+    def observation(
+        self, history: Sequence[Message], results: Sequence[Message], tools: Sequence[ToolSchema], room: int | None
+    ) -> bool:
+        """Splice in what the template puts after the last sampled turn: its
+        end (if the model did not sample it), the tool results, the next
+        generation prompt. At most ``room`` tokens go in; returns False when
+        the splice had to be cut there (the budget is spent)."""
+        ids = self._template.between_ids(self._tokenizer, Turn(history=history, sampled=self._last, results=results, tools=tools))
         fits = room is None or len(ids) <= room
         if not fits:
             ids = ids[: max(room or 0, 0)]
@@ -140,17 +145,14 @@ class _Tokens:
         return fits
 
 
-_MALFORMED_HINT = 'Write <tool_call>{"name": ..., "arguments": {...}}</tool_call>.'
-
-
-def _calls(output: Output, turn: int) -> tuple[tuple[ToolCall, ...], list[str | None], str]:
+def _calls(output: Output, turn: int, template: Template) -> tuple[tuple[ToolCall, ...], list[str | None], ParsedTurn]:
     """The turn's tool calls, an error per call (None if it parsed) and the
-    assistant's plain content. Every call gets an id of its own: a server
-    may send none, or the same one twice."""
+    turn as the template reads it. Every call gets an id of its own: a
+    server may send none, or the same one twice."""
     if output.tool_calls:  # the server parsed them already
         calls = _distinct_ids(output.tool_calls, turn)
-        return calls, [None] * len(calls), output.text
-    parsed = parse_tool_calls(output.text)
+        return calls, [None] * len(calls), ParsedTurn(content=output.text, reasoning=output.reasoning)
+    parsed = template.parse(output.text)
     found: list[ToolCall] = []
     errors: list[str | None] = []
     for k, call in enumerate(parsed.calls):
@@ -161,8 +163,8 @@ def _calls(output: Output, turn: int) -> tuple[tuple[ToolCall, ...], list[str | 
         else:
             assert isinstance(call, MalformedToolCall)
             found.append(ToolCall(id=call_id, function=FunctionCall(name="invalid_tool_call", arguments=call.raw)))
-            errors.append(f"Error: malformed tool call: {call.reason}. {_MALFORMED_HINT}")
-    return tuple(found), errors, parsed.content
+            errors.append(f"Error: malformed tool call: {call.reason}.")
+    return tuple(found), errors, parsed
 
 
 def _distinct_ids(calls: Sequence[ToolCall], turn: int) -> tuple[ToolCall, ...]:
@@ -258,6 +260,7 @@ class _Episode:
         self.ident = ident
         self.chain_index = chain_index
         self.session = session
+        self.template = get_template(agent.template)
         self.tools = {t.name: t for t in agent.tools}
         self.schemas = tuple(t.schema for t in agent.tools)
         self.messages: list[Message] = []
@@ -366,8 +369,10 @@ async def _turns(episode: _Episode, generate: Generate) -> tuple[EpisodeEnd, str
         if not completion.outputs:  # a Completion built around its own checks
             return "error", "MalformedResponseError: the transport returned no outputs"
         output = episode.took(completion, anyio.current_time() - started)
-        calls, parse_errors, content = _calls(output, episode.turns)
-        episode.messages.append(Message(role="assistant", content=content, tool_calls=calls))
+        calls, parse_errors, parsed = _calls(output, episode.turns, episode.template)
+        episode.messages.append(
+            Message(role="assistant", content=parsed.content, reasoning_content=parsed.reasoning, tool_calls=calls)
+        )
         if not calls:
             if output.finish_reason != "length":
                 return "answer", None
@@ -381,7 +386,9 @@ async def _turns(episode: _Episode, generate: Generate) -> tuple[EpisodeEnd, str
         episode.tool_rounds += 1
         episode.tool_errors.update(failures)
         episode.messages.extend(results)
-        if tokens is not None and episode.token_level and not tokens.observation(output, results, episode.room()):
+        if tokens is not None and episode.token_level and not tokens.observation(
+            episode.messages[: -len(results)], results, episode.schemas, episode.room()
+        ):
             return "context", None  # the tool results did not fit the budget; what fits is in
     return "max_turns", None
 
@@ -426,7 +433,7 @@ async def run_agent(
         try:
             episode.messages = list(task_messages(task, agent.system_prompt))
             if tokenizer is not None:
-                episode.tokens = _Tokens(tokenizer, render(episode.messages, episode.schemas), agent.max_prompt_tokens)
+                episode.tokens = _Tokens(tokenizer, episode.template, episode.messages, episode.schemas, agent.max_prompt_tokens)
         except (ValueError, msgspec.ValidationError) as exc:
             return episode.trajectory("error", error=f"bad task: {one_line(str(exc))}")
         reason, error = await _turns(episode, generate)

@@ -1,9 +1,34 @@
-"""Chat templates and tool-call parsing."""
+"""Chat templates: how each model family's conversations become tokens and
+how its sampled turns are read (see :mod:`agentfly_min.templates.base`)."""
 
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
-from .hermes import MalformedToolCall, ParsedCall, ParsedTurn, parse_tool_calls
+from .base import (
+    MalformedToolCall,
+    ParsedCall,
+    ParsedTurn,
+    Template,
+    Turn,
+    get_template,
+    register_template,
+    split_reasoning,
+    template_names,
+)
+from .hermes import parse_tool_calls
 
-__all__ = ["TemplateName", "MalformedToolCall", "ParsedCall", "ParsedTurn", "parse_tool_calls"]
+__all__ = [
+    "TemplateName",
+    "Template",
+    "Turn",
+    "ParsedTurn",
+    "ParsedCall",
+    "MalformedToolCall",
+    "register_template",
+    "get_template",
+    "template_names",
+    "parse_tool_calls",
+    "split_reasoning",
+]
 
-TemplateName: TypeAlias = Literal["qwen2.5"]
+TemplateName: TypeAlias = str
+"""The name a template is registered under (``"qwen2.5"``, ``"qwen3"``, ...)."""

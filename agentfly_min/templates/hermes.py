@@ -22,7 +22,7 @@ import operator
 import re
 from collections.abc import Iterator
 
-import msgspec
+from .base import MalformedToolCall, ParsedCall, ParsedTurn
 
 __all__ = ["MAX_CALLS", "MAX_DEPTH", "ParsedCall", "MalformedToolCall", "ParsedTurn", "parse_tool_calls", "json_depth", "too_deep"]
 
@@ -40,23 +40,6 @@ _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # an opening bracket +1, a closing one -1 (after the shift)
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
-
-
-class ParsedCall(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    arguments: str  # JSON text of an object, as the model wrote it
-
-
-class MalformedToolCall(msgspec.Struct, frozen=True, kw_only=True):
-    raw: str
-    reason: str
-
-
-class ParsedTurn(msgspec.Struct, frozen=True, kw_only=True):
-    """The text before the first tool call, and the calls in order."""
-
-    content: str
-    calls: tuple[ParsedCall | MalformedToolCall, ...] = ()
 
 
 def json_depth(text: str) -> int:

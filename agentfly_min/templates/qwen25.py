@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from ..records import Message, ToolCall, ToolSchema
-from .hermes import MAX_DEPTH, too_deep
+from .base import ParsedTurn, Template, Turn
+from .hermes import parse_tool_calls, too_deep
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -28,6 +30,10 @@ __all__ = [
     "render_tool_results",
     "tool_call_json",
     "arguments_value",
+    "TEMPLATE",
+    "between",
+    "encode",
+    "single_token",
 ]
 
 IM_START = "<|im_start|>"
@@ -189,3 +195,47 @@ CHAT_TEMPLATE = """{%- if tools %}
 """
 """Qwen2.5-Instruct's chat template (tool calls included), for tokenizers
 built offline (:func:`agentfly_min.testing.tiny_model`)."""
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
+    return ids
+
+
+def single_token(tokenizer: Any, text: str, family: str) -> int:
+    """The id of ``text``, which the family needs as one token."""
+    ids = encode(tokenizer, text)
+    if len(ids) != 1:
+        raise ValueError(f"the tokenizer does not have {text} as one token; it is not a {family} tokenizer")
+    return ids[0]
+
+
+def _prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> list[int]:
+    return encode(tokenizer, render(messages, tools))
+
+
+def between(tokenizer: Any, turn: Turn, generation_prompt: str = GENERATION_PROMPT) -> list[int]:
+    """The end of the assistant turn (if the model did not sample it), the
+    tool results as the template writes them, the next generation prompt."""
+    ended = bool(turn.sampled) and turn.sampled[-1] == single_token(tokenizer, IM_END, "ChatML")
+    return encode(tokenizer, ("" if ended else IM_END) + "\n" + render_tool_results(turn.results) + generation_prompt)
+
+
+def _check(tokenizer: Any) -> None:
+    single_token(tokenizer, IM_END, "Qwen2.5")
+
+
+def _parse(text: str) -> ParsedTurn:
+    return parse_tool_calls(text)
+
+
+TEMPLATE = Template(
+    name="qwen2.5",
+    tool_format="hermes (<tool_call> JSON)",
+    reasoning="none",
+    prompt_ids=_prompt_ids,
+    between_ids=between,
+    parse=_parse,
+    check=_check,
+    render=render,
+)

@@ -54,6 +54,8 @@ class _WireToolCall(msgspec.Struct, frozen=True):
 class _WireMessage(msgspec.Struct, frozen=True):
     content: str | None = None
     tool_calls: list[_WireToolCall] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None  # the name newer vLLM servers use
 
 
 class _WireTokenLogprob(msgspec.Struct, frozen=True):
@@ -192,6 +194,7 @@ def _output(choice: _WireChoice) -> Output:
         text=message.content or "",
         finish_reason=finish_reason(choice.finish_reason),
         tool_calls=calls,
+        reasoning=message.reasoning_content if message.reasoning_content is not None else message.reasoning,
         token_ids=tuple(choice.token_ids) if choice.token_ids is not None else None,
         logprobs=logprobs,
     )

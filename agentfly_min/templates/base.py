@@ -1,0 +1,137 @@
+"""What a chat template is to the agent loop, and the registry of them.
+
+A :class:`Template` is a small record of plain functions: how the first
+prompt becomes token ids, which ids go between a sampled turn and the next
+(the end of the turn if the model did not sample it, the tool results, the
+next generation prompt), and how a sampled turn's text is read (content,
+reasoning, tool calls). The loop never re-renders history: a trajectory's
+response is the sampled ids with these splices between them, so it stays
+token-exact whatever a template would do to earlier turns.
+
+Templates are registered by name (:func:`register_template`); adding a
+family is one module that builds its record and registers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+
+from ..errors import ConfigError
+from ..records import Message, ToolSchema
+__all__ = ["Template", "Turn", "ParsedCall", "MalformedToolCall", "ParsedTurn", "register_template", "get_template", "template_names", "split_reasoning"]
+
+
+class ParsedCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool call read from a turn: ``arguments`` is the JSON text of an
+    object, as the model wrote it."""
+
+    name: str
+    arguments: str
+
+
+class MalformedToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """Something that meant to be a tool call and is not one; ``reason`` is
+    told to the model."""
+
+    raw: str
+    reason: str
+
+
+class ParsedTurn(msgspec.Struct, frozen=True, kw_only=True):
+    """A sampled turn read: its plain content, its reasoning (thinking) if
+    the family has any, and its tool calls in order."""
+
+    content: str
+    calls: tuple[ParsedCall | MalformedToolCall, ...] = ()
+    reasoning: str | None = None
+
+
+class Turn(NamedTuple):
+    """What the loop knows when it splices between turns."""
+
+    history: Sequence[Message]
+    """The conversation so far, ending with the assistant message just sampled."""
+    sampled: Sequence[int]
+    """The ids that turn sampled."""
+    results: Sequence[Message]
+    """The tool messages answering it."""
+    tools: Sequence[ToolSchema]
+    """The tools offered."""
+
+
+class Template(msgspec.Struct, frozen=True, kw_only=True):
+    """How one model family's chat format meets the agent loop.
+
+    - ``prompt_ids(tokenizer, messages, tools)``: the first prompt, with the
+      generation prompt, as token ids.
+    - ``between_ids(tokenizer, turn)``: the ids that follow a sampled turn
+      before the next one is sampled; exactly what the template puts there.
+    - ``parse(text)``: a sampled turn's content, reasoning and tool calls;
+      never raises, linear in the text.
+    - ``check(tokenizer)``: raises ``ValueError`` if the tokenizer cannot
+      carry this format (a missing special token).
+    - ``render(messages, tools)``: the whole conversation as the family's
+      own template writes it (text), where there is one; tests use it to
+      prove the splices equal a full render.
+
+    ``tool_format`` and ``reasoning`` describe the family for people (and
+    ``agentfly-min templates``).
+    """
+
+    name: str
+    tool_format: str
+    reasoning: str
+    prompt_ids: Callable[[Any, Sequence[Message], Sequence[ToolSchema]], list[int]]
+    between_ids: Callable[[Any, Turn], list[int]]
+    parse: Callable[[str], ParsedTurn]
+    check: Callable[[Any], None] = lambda tokenizer: None
+    render: Callable[[Sequence[Message], Sequence[ToolSchema]], str] | None = None
+
+
+_REGISTRY: dict[str, Template] = {}
+
+
+def register_template(template: Template, *, replace: bool = False) -> Template:
+    """Make ``template`` available by its name (``Agent(template=name)``).
+    A name already taken is refused unless ``replace``."""
+    if template.name in _REGISTRY and not replace:
+        raise ConfigError("register_template", f"a template named {template.name!r} is registered already")
+    _REGISTRY[template.name] = template
+    return template
+
+
+def get_template(name: str) -> Template:
+    """The template registered as ``name``; a :class:`ConfigError` naming
+    the registered ones otherwise."""
+    from . import families  # noqa: F401 - registers the built-in ones
+
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError("template", f"no template named {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def template_names() -> list[str]:
+    from . import families  # noqa: F401 - registers the built-in ones
+
+    return sorted(_REGISTRY)
+
+
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """``(reasoning, rest)`` of a turn that may open with ``<think>…</think>``
+    (the opening tag may have been in the prompt, as Qwen3 and DeepSeek-R1
+    put it there). An unclosed block is all reasoning. Linear."""
+    close = text.find(_THINK_CLOSE)
+    open_at = text.find(_THINK_OPEN)
+    if close < 0:
+        if open_at >= 0:
+            return text[open_at + len(_THINK_OPEN) :].strip("\n"), ""
+        return None, text
+    start = open_at + len(_THINK_OPEN) if 0 <= open_at < close else 0
+    return text[start:close].strip("\n"), text[close + len(_THINK_CLOSE) :].lstrip("\n")
