@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from .base import register_template
+from .llama3 import TEMPLATE as LLAMA3
+from .qwen3 import NO_THINKING as QWEN3_NO_THINKING
+from .qwen3 import THINKING as QWEN3
 from .qwen25 import TEMPLATE as QWEN25
 
 __all__ = ["BUILT_IN"]
 
-BUILT_IN = (QWEN25,)
+BUILT_IN = (QWEN25, QWEN3, QWEN3_NO_THINKING, LLAMA3)
 for _template in BUILT_IN:
     register_template(_template, replace=True)

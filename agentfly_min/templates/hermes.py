@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 from .base import MalformedToolCall, ParsedCall, ParsedTurn
 
-__all__ = ["MAX_CALLS", "MAX_DEPTH", "ParsedCall", "MalformedToolCall", "ParsedTurn", "parse_tool_calls", "json_depth", "too_deep"]
+__all__ = ["MAX_CALLS", "MAX_DEPTH", "ParsedCall", "MalformedToolCall", "ParsedTurn", "parse_tool_calls", "parse_call_object", "json_depth", "too_deep"]
 
 MAX_DEPTH = 64
 """Deepest JSON nesting accepted in a call (Python's json recursion, and
@@ -95,7 +95,10 @@ def _object_members(body: str) -> dict[str, tuple[object, str]] | str:
     return members
 
 
-def _parse_block(raw: str) -> ParsedCall | MalformedToolCall:
+def parse_call_object(raw: str, argument_keys: tuple[str, ...] = ("arguments",)) -> ParsedCall | MalformedToolCall:
+    """A call written as a JSON object with a string ``name`` and its
+    arguments under the first of ``argument_keys`` present: an object, or a
+    JSON string holding one. The arguments are kept as written. Never raises."""
     body = raw.strip()
     if too_deep(body):
         return MalformedToolCall(raw=body, reason=f"JSON nested deeper than {MAX_DEPTH} levels")
@@ -110,7 +113,8 @@ def _parse_block(raw: str) -> ParsedCall | MalformedToolCall:
     name = members.get("name", (None, ""))[0]
     if not isinstance(name, str) or not name:
         return MalformedToolCall(raw=body, reason="missing a string `name`")
-    arguments, arguments_text = members.get("arguments", ({}, "{}"))
+    key = next((k for k in argument_keys if k in members), argument_keys[0])
+    arguments, arguments_text = members.get(key, ({}, "{}"))
     if isinstance(arguments, str):  # some models write the arguments as a JSON string
         arguments_text = arguments.strip()
         if too_deep(arguments_text):
@@ -118,9 +122,9 @@ def _parse_block(raw: str) -> ParsedCall | MalformedToolCall:
         try:
             arguments = json.loads(arguments_text)
         except ValueError:
-            return MalformedToolCall(raw=body, reason="`arguments` is a string that is not JSON")
+            return MalformedToolCall(raw=body, reason=f"`{key}` is a string that is not JSON")
     if not isinstance(arguments, dict):
-        return MalformedToolCall(raw=body, reason="`arguments` must be a JSON object")
+        return MalformedToolCall(raw=body, reason=f"`{key}` must be a JSON object")
     return ParsedCall(name=name, arguments=arguments_text)
 
 
@@ -162,7 +166,7 @@ def parse_tool_calls(text: str) -> ParsedTurn:
                 calls.append(MalformedToolCall(raw=unclosed, reason="`<tool_call>` is never closed (output cut off?)"))
                 return _turn(text, first, calls, extra)
             if len(calls) < MAX_CALLS:
-                calls.append(_parse_block(text[body_at:close_at]))
+                calls.append(parse_call_object(text[body_at:close_at]))
             else:
                 extra += 1
             at = close_at + len(_CLOSE)

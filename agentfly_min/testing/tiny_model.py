@@ -1,10 +1,13 @@
-"""A tiny Qwen2-style model with random weights, built offline.
+"""Tiny models with random weights, built offline, one per chat family.
 
-:func:`tiny_model` trains a byte-level BPE tokenizer on generated text (with
-Qwen2.5's special tokens and chat template, tool calls included), builds a
-``Qwen2ForCausalLM`` of about 0.8 M parameters with random bfloat16 weights,
-and saves both in the layout vLLM and transformers load from a path. It is
-deterministic for a seed and cached: the second call returns at once.
+:func:`tiny_model` trains a byte-level BPE tokenizer on generated text with
+the family's special tokens and chat template (tool calls included), builds
+a model of that family's architecture with about 0.8 M parameters and random
+bfloat16 weights (``Qwen2ForCausalLM`` for ``"qwen2.5"``,
+``Qwen3ForCausalLM`` for ``"qwen3"``, ``LlamaForCausalLM`` for
+``"llama3"``), and saves both in the layout vLLM and transformers load from
+a path. It is deterministic for a seed and cached: the second call returns
+at once.
 
 The weights are random: it measures transports and tests token plumbing, not
 model quality. Anything that takes a model path takes a real one instead,
@@ -20,19 +23,76 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal, NamedTuple, TypeAlias
 
-__all__ = ["tiny_model", "default_cache_dir", "SPECIAL_TOKENS", "TOOL_TOKENS"]
+__all__ = ["tiny_model", "default_cache_dir", "SPECIAL_TOKENS", "TOOL_TOKENS", "FAMILIES", "Family"]
 
 _VERSION = 1  # bump when the recipe changes, so old caches are not reused
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TOOL_TOKENS = ("<tool_call>", "</tool_call>")
 _VOCAB = 1024
 
+Family: TypeAlias = Literal["qwen2.5", "qwen3", "llama3"]
+
+
+class _Recipe(NamedTuple):
+    folder: str  # the cache folder's name stem
+    special: tuple[str, ...]  # special tokens (skipped when decoding)
+    added: tuple[str, ...]  # added, non-special tokens (kept when decoding, as the families do)
+    eos: str
+    stops: tuple[str, ...]  # every token that ends generation
+    pad: str
+    bos: str | None
+    architecture: str
+
+
+_RECIPES: dict[str, _Recipe] = {
+    "qwen2.5": _Recipe("tiny-qwen2", SPECIAL_TOKENS, TOOL_TOKENS, "<|im_end|>", ("<|im_end|>",), "<|endoftext|>", None, "qwen2"),
+    "qwen3": _Recipe(
+        "tiny-qwen3",
+        SPECIAL_TOKENS,
+        (*TOOL_TOKENS, "<think>", "</think>", "<tool_response>", "</tool_response>"),
+        "<|im_end|>",
+        ("<|im_end|>",),
+        "<|endoftext|>",
+        None,
+        "qwen3",
+    ),
+    "llama3": _Recipe(
+        "tiny-llama3",
+        (
+            "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+            "<|eot_id|>", "<|eom_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>",
+        ),
+        (),
+        "<|eot_id|>",
+        ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"),
+        "<|finetune_right_pad_id|>",
+        "<|begin_of_text|>",
+        "llama",
+    ),  # fmt: skip
+}
+FAMILIES: tuple[str, ...] = tuple(_RECIPES)
+
 
 def default_cache_dir() -> Path:
     """``$AGENTFLY_MIN_CACHE``, else ``~/.cache/agentfly_min``."""
     env = os.environ.get("AGENTFLY_MIN_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "agentfly_min"
+
+
+def _chat_template(family: str) -> str:
+    if family == "qwen3":
+        from ..templates.qwen3 import CHAT_TEMPLATE as QWEN3
+
+        return QWEN3
+    if family == "llama3":
+        from ..templates.llama3 import CHAT_TEMPLATE as LLAMA3
+
+        return LLAMA3
+    from ..templates.qwen25 import CHAT_TEMPLATE as QWEN25
+
+    return QWEN25
 
 
 def _corpus(rng: random.Random) -> Iterator[str]:
@@ -60,30 +120,30 @@ def _corpus(rng: random.Random) -> Iterator[str]:
             yield f"<tool_response>\n{rng.randrange(100000)}\n</tool_response>"
 
 
-def _build_tokenizer(folder: Path, rng: random.Random) -> int:
+def _build_tokenizer(folder: Path, rng: random.Random, family: str) -> int:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from ..templates.qwen25 import CHAT_TEMPLATE
-
+    recipe = _RECIPES[family]
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=_VOCAB,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(recipe.special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     core.train_from_iterator(list(_corpus(rng)), trainer)
-    # As in Qwen2.5: the tool-call tags are added tokens but not special ones,
-    # so decoding with skip_special_tokens keeps them.
-    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
+    # As in Qwen: the tool-call and think tags are added tokens but not
+    # special ones, so decoding with skip_special_tokens keeps them.
+    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in recipe.added])
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=core,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
+        eos_token=recipe.eos,
+        pad_token=recipe.pad,
+        bos_token=recipe.bos,
+        chat_template=_chat_template(family),
         model_max_length=32768,
     )
     tokenizer.save_pretrained(str(folder))
@@ -97,11 +157,13 @@ def _build_tokenizer(folder: Path, rng: random.Random) -> int:
     return size
 
 
-def _build_model(folder: Path, vocab_size: int, seed: int, eos_id: int, pad_id: int) -> None:
+def _build_model(folder: Path, family: str, vocab_size: int, seed: int, stop_ids: list[int], pad_id: int, bos_id: int) -> None:
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
-    config = Qwen2Config(
+    classes = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}
+    eos_id = stop_ids[0]
+    config = classes[_RECIPES[family].architecture](
         vocab_size=vocab_size,
         hidden_size=128,  # head_dim 32: vLLM's CPU attention needs >= 32
         intermediate_size=256,
@@ -109,41 +171,49 @@ def _build_model(folder: Path, vocab_size: int, seed: int, eos_id: int, pad_id: 
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
+        head_dim=32,
         tie_word_embeddings=True,
-        bos_token_id=eos_id,
+        bos_token_id=bos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
         dtype="bfloat16",
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)  # type: ignore[no-untyped-call]
+    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     model = model.bfloat16()
     model.save_pretrained(str(folder), safe_serialization=True)
-    generation = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=eos_id)  # type: ignore[no-untyped-call]
+    # Every token that ends a turn stops generation (Llama 3: eot and eom).
+    eos: int | list[int] = stop_ids if len(stop_ids) > 1 else eos_id
+    generation = GenerationConfig(eos_token_id=eos, pad_token_id=pad_id, bos_token_id=bos_id)  # type: ignore[no-untyped-call]
     generation.save_pretrained(str(folder))
 
 
-def tiny_model(cache_dir: Path | str | None = None, *, seed: int = 0) -> Path:
-    """Build (once) and return the folder of a tiny random Qwen2 model with a
-    Qwen2.5-style tokenizer and chat template. ``cache_dir`` defaults to
-    :func:`default_cache_dir`. Needs ``torch``, ``transformers`` and
-    ``tokenizers`` (the ``vllm`` extra has them); no network."""
+def tiny_model(cache_dir: Path | str | None = None, *, seed: int = 0, family: Family = "qwen2.5") -> Path:
+    """Build (once) and return the folder of a tiny random model of
+    ``family`` with that family's special tokens and chat template.
+    ``cache_dir`` defaults to :func:`default_cache_dir`. Needs ``torch``,
+    ``transformers`` and ``tokenizers`` (the ``vllm`` extra has them); no
+    network."""
+    recipe = _RECIPES[family]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = root / f"tiny-qwen2-v{_VERSION}-seed{seed}"
+    folder = root / f"{recipe.folder}-v{_VERSION}-seed{seed}"
     if (folder / "config.json").exists():
         return folder
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
     try:
         rng = random.Random(seed)
-        vocab = _build_tokenizer(staging, rng)
+        vocab = _build_tokenizer(staging, rng, family)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(staging))
-        eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        assert isinstance(eos_id, int) and isinstance(pad_id, int)
-        _build_model(staging, vocab, seed, eos_id, pad_id)
+        def token_id(token: str) -> int:
+            found = tokenizer.convert_tokens_to_ids(token)
+            assert isinstance(found, int), token
+            return found
+
+        stop_ids = [token_id(t) for t in recipe.stops]
+        _build_model(staging, family, vocab, seed, stop_ids, token_id(recipe.pad), token_id(recipe.bos or recipe.eos))
         try:
             staging.rename(folder)  # atomic: a half-built folder is never seen
         except OSError:

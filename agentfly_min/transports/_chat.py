@@ -25,6 +25,8 @@ def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for message in messages:
         item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role, "content": message.text}
+        if message.reasoning_content is not None:
+            item["reasoning_content"] = message.reasoning_content
         if message.calls:
             item["tool_calls"] = [
                 {

@@ -1,0 +1,248 @@
+"""Every built-in chat family, at the text and token level: each renderer
+equals its Jinja template, the loop's splices are exactly what the template
+puts between turns, and the golden cases from bugs the field has hit hold.
+(The same families on real engines: test_families_engine.py.)"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from agentfly_min import Agent, Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, Usage, run_agent, tool
+from agentfly_min.records import TextPart
+from agentfly_min.templates import get_template, template_names
+from agentfly_min.tools import calculator
+from agentfly_min.transports._chat import prompt_ids, template_messages
+
+from .conftest import CACHE
+
+FAMILY_OF = {"qwen2.5": "qwen2.5", "qwen3": "qwen3", "qwen3-nothink": "qwen3", "llama3": "llama3"}
+EOS = {"qwen2.5": "<|im_end|>", "qwen3": "<|im_end|>", "qwen3-nothink": "<|im_end|>", "llama3": "<|eot_id|>"}
+
+
+@cache
+def tokenizer_for(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from agentfly_min.testing import tiny_model
+
+    return AutoTokenizer.from_pretrained(str(tiny_model(CACHE, family=FAMILY_OF[name])))  # type: ignore[arg-type]
+
+
+def call(arguments: str, id: str = "c1", name: str = "calculator") -> ToolCall:
+    return ToolCall(id=id, function=FunctionCall(name=name, arguments=arguments))
+
+
+SHAPES: dict[str, list[Message]] = {
+    "plain": [Message(role="user", content="hi")],
+    "system": [Message(role="system", content="Be brief."), Message(role="user", content="hi")],
+    "answered": [Message(role="user", content="hi"), Message(role="assistant", content="hello"), Message(role="user", content="more")],
+    "tool-turn": [
+        Message(role="user", content="2+2?"),
+        Message(role="assistant", content="", tool_calls=(call('{"expression": "2+2"}'),)),
+        Message(role="tool", content="4", tool_call_id="c1", name="calculator"),
+    ],
+    "reasoning-and-results": [
+        Message(role="system", content="Use tools."),
+        Message(role="user", content="both"),
+        Message(role="assistant", content="", reasoning_content="two sums", tool_calls=(call('{"expression": "1+1"}'), call('{"flag": false,  "a": "é"}', "c2"))),
+        Message(role="tool", content="2", tool_call_id="c1"),
+        Message(role="tool", content="ok", tool_call_id="c2"),
+        Message(role="assistant", content="Both done.", reasoning_content="checked"),
+    ],
+    "earlier-reasoning": [
+        Message(role="user", content="first"),
+        Message(role="assistant", content="<think>\nold thought\n</think>\n\none"),
+        Message(role="user", content="second"),
+    ],
+    "developer-and-parts": [
+        Message(role="developer", content="Be brief."),
+        Message(role="user", content=(TextPart(text="two "), TextPart(text="parts"))),
+    ],
+}
+JINJA_FAMILIES = ["qwen3", "qwen3-nothink", "llama3"]
+
+
+@pytest.mark.parametrize("with_tools", [False, True])
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("name", JINJA_FAMILIES)
+def test_each_renderer_equals_its_jinja_template(name: str, shape: str, with_tools: bool) -> None:
+    template = get_template(name)
+    assert template.render is not None
+    messages, tools = SHAPES[shape], ((calculator.schema,) if with_tools else ())
+    if name == "llama3" and shape == "reasoning-and-results":
+        messages = [m for m in messages if m.role != "system"]
+    expected = tokenizer_for(name).apply_chat_template(
+        template_messages(messages),
+        tools=[msgspec.to_builtins(t) for t in tools] or None,
+        add_generation_prompt=True,
+        tokenize=False,
+        enable_thinking=name != "qwen3-nothink",
+    )
+    assert template.render(messages, tools) == expected
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "qwen3", "llama3"])
+def test_the_loop_and_the_transports_render_the_same_prompt(name: str) -> None:
+    tokenizer = tokenizer_for(name)
+    for messages in SHAPES.values():
+        request = Request(messages=tuple(messages), tools=(calculator.schema,))
+        assert get_template(name).prompt_ids(tokenizer, messages, (calculator.schema,)) == prompt_ids(tokenizer, request)
+
+
+def test_the_registry_lists_every_family() -> None:
+    assert {"qwen2.5", "qwen3", "qwen3-nothink", "llama3"} <= set(template_names())
+
+
+# --- the loop, token for token ------------------------------------------------------
+
+CALL_TEXT = {
+    "qwen2.5": '<tool_call>\n{"name": "calculator", "arguments": {"expression": "2+2"}}\n</tool_call>',
+    "qwen3": '<think>\nadd them\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "2+2"}}\n</tool_call>',
+    "qwen3-nothink": '<tool_call>\n{"name": "calculator", "arguments": {"expression": "2+2"}}\n</tool_call>',
+    "llama3": '{"name": "calculator", "parameters": {"expression": "2+2"}}',
+}
+ANSWER_TEXT = {
+    "qwen2.5": "The answer is \\boxed{4}.",
+    "qwen3": "<think>\nit is 4\n</think>\n\nThe answer is \\boxed{4}.",
+    "qwen3-nothink": "The answer is \\boxed{4}.",
+    "llama3": "The answer is \\boxed{4}.",
+}
+
+
+def sampling(name: str, turns: Sequence[str], seen: list[Request]) -> Generate:
+    """A token-level transport that samples exactly ``turns`` (each ended
+    by the family's end-of-turn token), as an engine would return them."""
+    tokenizer = tokenizer_for(name)
+    eos = tokenizer.convert_tokens_to_ids(EOS[name])
+
+    async def generate(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        seen.append(request)
+        text = turns[len(seen) - 1]
+        ids = (*tokenizer.encode(text, add_special_tokens=False), eos)
+        return Completion(outputs=(Output(text=text, finish_reason="stop", token_ids=ids, logprobs=(-0.5,) * len(ids)),), usage=Usage())
+
+    return generate
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", list(CALL_TEXT))
+async def test_an_episode_is_token_exact_and_equals_a_full_render(name: str) -> None:
+    tokenizer = tokenizer_for(name)
+    seen: list[Request] = []
+    agent = Agent(model_name_or_path="m", tools=[calculator], template=name, max_turns=3)
+    trajectory = await run_agent(agent, sampling(name, [CALL_TEXT[name], ANSWER_TEXT[name]], seen), {"question": "2+2?"}, tokenizer=tokenizer)
+    assert trajectory.error is None and trajectory.finish_reason == "answer" and trajectory.num_turns == 2
+    assert trajectory.messages[2].text == "4"  # the call was read and ran
+    ids = [*trajectory.prompt_ids, *trajectory.response_ids]
+    # Each prompt is the previous one plus what was sampled plus the splice: nothing re-rendered.
+    assert seen[0].prompt_ids is not None and seen[1].prompt_ids is not None
+    assert list(seen[1].prompt_ids) == ids[: len(seen[1].prompt_ids)]
+    sampled = [i for i, m in zip(trajectory.response_ids, trajectory.response_mask, strict=True) if m]
+    eos = tokenizer.convert_tokens_to_ids(EOS[name])
+    expected = [t for text in (CALL_TEXT[name], ANSWER_TEXT[name]) for t in (*tokenizer.encode(text, add_special_tokens=False), eos)]
+    assert sampled == expected
+    template = get_template(name)
+    assert template.render is not None
+    full = template.render(trajectory.messages, (calculator.schema,))
+    full_ids = tokenizer.encode(full, add_special_tokens=False)
+    if name == "qwen3-nothink":
+        # Qwen3 drops the empty think block of an earlier turn when it re-renders:
+        # a re-render is not what the model saw; the trajectory is.
+        assert ids != full_ids[: len(ids)]
+        assert tokenizer.decode(ids).count("<think>\n\n</think>") == 2
+    else:
+        # Prefix-stable here: the splices and the template's full render agree token for token.
+        assert ids == full_ids[: len(ids)] and len(full_ids) == len(ids) + len(tokenizer.encode(full[len(tokenizer.decode(ids)) :], add_special_tokens=False))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ["qwen2.5", "qwen3"])
+async def test_the_newline_after_an_assistant_turn_is_spliced_in(name: str) -> None:
+    """One framework dropped the "\\n" between <|im_end|> and the tool turn at
+    every boundary (verl #6501)."""
+    tokenizer = tokenizer_for(name)
+    seen: list[Request] = []
+    agent = Agent(model_name_or_path="m", tools=[calculator], template=name)
+    trajectory = await run_agent(agent, sampling(name, [CALL_TEXT[name], ANSWER_TEXT[name]], seen), {"question": "q"}, tokenizer=tokenizer)
+    spliced = [i for i, m in zip(trajectory.response_ids, trajectory.response_mask, strict=True) if not m]
+    assert tokenizer.decode(spliced).startswith("\n<|im_start|>user\n<tool_response>\n4\n</tool_response><|im_end|>\n")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", list(CALL_TEXT))
+async def test_tool_arguments_are_never_reserialised(name: str) -> None:
+    """Re-rendering through Python objects turned `false` into `False` and moved
+    spaces and keys; measured to break half of the rollouts in one framework."""
+    written = '{"flag": false, "b": 1,  "a": "é"}'
+    seen_arguments: list[str] = []
+
+    @tool
+    def probe(flag: bool, b: int, a: str) -> str:
+        """Records its arguments.
+
+        Args:
+            flag: A flag.
+            b: A number.
+            a: A text.
+        """
+        seen_arguments.append(f"{flag} {b} {a}")
+        return "ok"
+
+    text = CALL_TEXT[name].replace('"calculator"', '"probe"').replace('{"expression": "2+2"}', written)
+    tokenizer = tokenizer_for(name)
+    seen: list[Request] = []
+    agent = Agent(model_name_or_path="m", tools=[probe], template=name)
+    trajectory = await run_agent(agent, sampling(name, [text, ANSWER_TEXT[name]], seen), {"question": "q"}, tokenizer=tokenizer)
+    assert seen_arguments == ["False 1 é"]
+    assert trajectory.messages[1].calls[0].function.arguments == written  # the record keeps it as sampled
+    assert seen[1].prompt_ids is not None
+    assert written in tokenizer.decode(list(seen[1].prompt_ids))  # and so does the next prompt, byte for byte
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ["qwen3", "qwen3-nothink"])
+async def test_a_call_written_while_thinking_is_not_run(name: str) -> None:
+    """verl #4757: tool calls inside <think> were executed."""
+    thinking = "<think>\nmaybe <tool_call>\n{\"name\": \"calculator\", \"arguments\": {\"expression\": \"1+1\"}}\n</tool_call>\n</think>\n\nNo tool needed: 4."
+    seen: list[Request] = []
+    agent = Agent(model_name_or_path="m", tools=[calculator], template=name)
+    trajectory = await run_agent(agent, sampling(name, [thinking], seen), {"question": "q"}, tokenizer=tokenizer_for(name))
+    assert trajectory.tool_calls == 0 and trajectory.finish_reason == "answer" and len(seen) == 1
+    assert trajectory.messages[-1].text == "No tool needed: 4."
+    assert trajectory.messages[-1].reasoning_content is not None and "maybe" in trajectory.messages[-1].reasoning_content
+
+
+@pytest.mark.anyio
+async def test_reasoning_reaches_the_reward() -> None:
+    seen_reasoning: list[str | None] = []
+
+    def reward(trajectory: Any, task: Any) -> float:
+        seen_reasoning.append(trajectory.messages[-1].reasoning_content)
+        return 1.0
+
+    agent = Agent(model_name_or_path="m", template="qwen3", reward_fn=reward)
+    await run_agent(agent, sampling("qwen3", [ANSWER_TEXT["qwen3"]], []), {"question": "q"}, tokenizer=tokenizer_for("qwen3"))
+    assert seen_reasoning == ["it is 4"]
+
+
+def test_llama3_parses_calls_and_content() -> None:
+    parse = get_template("llama3").parse
+    two = parse('<|python_tag|>{"name": "a", "parameters": {"x": 1}}; {"name": "b", "parameters": {}}')
+    assert [(c.name, c.arguments) for c in two.calls] == [("a", '{"x": 1}'), ("b", "{}")]  # type: ignore[union-attr]
+    assert parse("Just 4.").content == "Just 4." and parse("Just 4.").calls == ()
+    assert parse("{not json at all").calls == ()
+
+
+def test_a_tokenizer_of_another_family_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="not a Llama 3 tokenizer"):
+        get_template("llama3").check(tokenizer_for("qwen2.5"))
+    with pytest.raises(ValueError, match="not a Qwen3 tokenizer"):
+        get_template("qwen3").check(tokenizer_for("qwen2.5"))
