@@ -16,7 +16,7 @@ import pytest
 
 from agentfly_min import Agent, Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, Usage, run_agent, tool
 from agentfly_min.records import TextPart
-from agentfly_min.templates import get_template, template_names
+from agentfly_min.templates import ParsedCall, get_template, template_names
 from agentfly_min.tools import calculator
 from agentfly_min.transports._chat import prompt_ids, template_messages
 
@@ -246,3 +246,58 @@ def test_a_tokenizer_of_another_family_is_refused_clearly() -> None:
         get_template("llama3").check(tokenizer_for("qwen2.5"))
     with pytest.raises(ValueError, match="not a Qwen3 tokenizer"):
         get_template("qwen3").check(tokenizer_for("qwen2.5"))
+
+
+# --- any model's own template ("hf"), and vLLM's parsers ------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("family", ["qwen2.5", "llama3"])
+async def test_hf_derives_the_splice_from_the_models_own_template(family: str) -> None:
+    """For a prefix-stable template the derived splice equals the built-in one."""
+    tokenizer = tokenizer_for(family)
+    seen: list[Request] = []
+    agent = Agent(model_name_or_path="m", tools=[calculator], template="hf")
+    turns = [CALL_TEXT[family], ANSWER_TEXT[family]]
+    if family == "llama3":  # hf parses Hermes by default; the llama3 call needs vLLM's parser, so use a Hermes-free answer
+        turns = [ANSWER_TEXT[family]]
+    trajectory = await run_agent(agent, sampling(family, turns, seen), {"question": "2+2?"}, tokenizer=tokenizer)
+    assert trajectory.error is None
+    builtin: list[Request] = []
+    reference = await run_agent(
+        Agent(model_name_or_path="m", tools=[calculator], template=family), sampling(family, turns, builtin), {"question": "2+2?"}, tokenizer=tokenizer
+    )
+    assert trajectory.prompt_ids == reference.prompt_ids and trajectory.response_ids == reference.response_ids
+    assert trajectory.response_mask == reference.response_mask
+
+
+@pytest.mark.anyio
+async def test_hf_refuses_a_template_that_rewrites_history() -> None:
+    """Qwen3's template writes an empty think block into the last assistant
+    turn and leaves it out once more turns follow: splicing by re-rendering
+    would re-tokenise, so the episode ends with a clear error instead."""
+    tokenizer = tokenizer_for("qwen3")
+    agent = Agent(model_name_or_path="m", tools=[calculator], template="hf")
+    trajectory = await run_agent(agent, sampling("qwen3", [CALL_TEXT["qwen2.5"], "done"], []), {"question": "q"}, tokenizer=tokenizer)
+    assert trajectory.finish_reason == "error" and trajectory.error is not None
+    assert "TemplateError" in trajectory.error and "not prefix-stable" in trajectory.error
+
+
+def test_vllm_parsers_read_a_family_we_name() -> None:
+    from agentfly_min.templates.vllm_parsers import vllm_reasoning_parsers, vllm_tool_parsers, with_vllm_parsers
+
+    assert {"hermes", "llama3_json", "mistral", "qwen3_coder", "openai"} <= set(vllm_tool_parsers())
+    assert "qwen3" in vllm_reasoning_parsers()
+    llama = with_vllm_parsers(get_template("llama3"), tokenizer_for("llama3"), tool_parser="llama3_json")
+    (found,) = llama.parse('{"name": "calculator", "parameters": {"expression": "2+2"}}').calls
+    assert isinstance(found, ParsedCall) and found.name == "calculator" and json_of(found) == {"expression": "2+2"}
+    qwen = with_vllm_parsers(get_template("qwen3"), tokenizer_for("qwen3"), tool_parser="hermes", reasoning_parser="qwen3")
+    turn = qwen.parse(CALL_TEXT["qwen3"])
+    assert turn.reasoning is not None and turn.reasoning.strip() == "add them" and len(turn.calls) == 1
+    assert qwen.parse("plain answer").calls == ()
+
+
+def json_of(call: Any) -> Any:
+    import json
+
+    return json.loads(call.arguments)

@@ -27,6 +27,7 @@ from agentfly_min import (
     rollout,
     run_agent,
 )
+from agentfly_min.testing._shm import shm_entries
 from agentfly_min.tools import calculator
 from agentfly_min.transports.vllm import VLLMEngine, open_vllm, vllm_generate
 
@@ -39,12 +40,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def engine(tiny_model_path: Path) -> Iterator[VLLMEngine]:
     before = {p.pid for p in engine_children()}  # e.g. the session's fake OpenAI server
+    shm_before = shm_entries()
     started = VLLMEngine.start(ENGINE_CONFIG, tiny_model_path)
     children = [p for p in engine_children() if p.pid not in before]
     assert children, "the engine runs in a child process"
     yield started
     started.close()
     assert_gone(children)
+    assert shm_entries() - shm_before == set()  # the engine's queues are gone from /dev/shm
     closed = vllm_generate(started)
 
     async def call_after_close() -> None:

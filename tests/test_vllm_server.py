@@ -22,6 +22,7 @@ from agentfly_min import (
     open_backend,
     rollout,
 )
+from agentfly_min.testing._shm import shm_entries
 from agentfly_min.testing.vllm_cpu import VLLMServer
 
 from .conftest import WORK
@@ -34,10 +35,12 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def server(tiny_model_path: Path) -> Iterator[VLLMServer]:
     before = set(p.pid for p in engine_children())
+    shm_before = shm_entries()
     with VLLMServer(tiny_model_path, work_dir=WORK, max_model_len=1024) as running:
         started = [p for p in engine_children() if p.pid not in before]
         yield running
     assert_gone(started)
+    assert shm_entries() - shm_before == set()  # nothing left in /dev/shm
 
 
 def config(server: VLLMServer, **kwargs: Any) -> ClientConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import register_template
+from .hf import TEMPLATE as HF
 from .llama3 import TEMPLATE as LLAMA3
 from .qwen3 import NO_THINKING as QWEN3_NO_THINKING
 from .qwen3 import THINKING as QWEN3
@@ -10,6 +11,6 @@ from .qwen25 import TEMPLATE as QWEN25
 
 __all__ = ["BUILT_IN"]
 
-BUILT_IN = (QWEN25, QWEN3, QWEN3_NO_THINKING, LLAMA3)
+BUILT_IN = (QWEN25, QWEN3, QWEN3_NO_THINKING, LLAMA3, HF)
 for _template in BUILT_IN:
     register_template(_template, replace=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, TypeAlias
 
 from ..configs import AsyncVLLMConfig
+from ._shm import shm_entries, sweep_shm
 
 __all__ = [
     "Device",
@@ -125,6 +126,7 @@ class VLLMServer:
         self._env = {**os.environ, **cpu_environment(work_dir, offline=Path(model).exists()), **(env or {})}
         self._timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
+        self._shm_before: set[str] = set()
         self.log_path = work_dir / f"vllm-server-{self.port}.log"
 
     @property
@@ -133,6 +135,7 @@ class VLLMServer:
 
     def __enter__(self) -> VLLMServer:
         self._work_dir.mkdir(parents=True, exist_ok=True)
+        self._shm_before = shm_entries()
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *self._args],
@@ -182,3 +185,4 @@ class VLLMServer:
             os.killpg(proc.pid, 9)
         except ProcessLookupError:
             pass
+        sweep_shm(self._shm_before)  # an engine killed mid-shutdown leaves its queues

@@ -1,0 +1,88 @@
+"""Any model's own chat template (Jinja, from its tokenizer), for families
+with no built-in entry.
+
+The first prompt is the template's render. Between turns, the splice is
+derived: the conversation is rendered without the new tool results and
+with them (and the next generation prompt); if the first render is a prefix
+of the second, the difference is what the template puts there, preceded by
+whatever of the assistant turn's ending the model did not sample (the text
+after its end-of-turn token, "\\n" in ChatML). A template that is not
+prefix-stable (it rewrites earlier turns, as Qwen3's does with reasoning)
+cannot be spliced without re-tokenising, so the episode ends with a
+:class:`TemplateError` saying where, recorded on the trajectory: use the
+family's built-in template, which splices without re-rendering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ..errors import AgentflyError
+from ..records import Message, ToolSchema
+from .base import ParsedTurn, Template, Turn, split_reasoning
+from .hermes import parse_tool_calls
+from .qwen25 import encode
+
+__all__ = ["TEMPLATE", "TemplateError", "render_text"]
+
+
+class TemplateError(AgentflyError, ValueError):
+    """A chat template cannot be used token-exactly (it rewrites history)."""
+
+
+def render_text(tokenizer: Any, messages: Sequence[Message], tools: Sequence[ToolSchema], *, generation_prompt: bool) -> str:
+    from ..transports._chat import template_messages
+
+    text = tokenizer.apply_chat_template(
+        template_messages(messages),
+        tools=msgspec.to_builtins(tools) or None,
+        add_generation_prompt=generation_prompt,
+        tokenize=False,
+    )
+    if not isinstance(text, str):
+        raise TemplateError(f"the tokenizer's chat template rendered {type(text).__name__}, not text")
+    return text
+
+
+def _prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> list[int]:
+    return encode(tokenizer, render_text(tokenizer, messages, tools, generation_prompt=True))
+
+
+def _between(tokenizer: Any, turn: Turn) -> list[int]:
+    before = render_text(tokenizer, turn.history, turn.tools, generation_prompt=False)
+    after = render_text(tokenizer, [*turn.history, *turn.results], turn.tools, generation_prompt=True)
+    if not after.startswith(before):
+        at = next((k for k, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), min(len(before), len(after)))
+        raise TemplateError(
+            f"the chat template is not prefix-stable: adding the tool results rewrites the conversation at "
+            f"character {at} ({before[at : at + 40]!r} became {after[at : at + 40]!r}); splicing would re-tokenise "
+            "the history. Use the family's built-in template."
+        )
+    last = turn.sampled[-1] if turn.sampled else None
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    if last is not None and last in special:  # the model sampled its end of turn: what the template writes after it
+        marker = tokenizer.convert_ids_to_tokens(last)
+        tail = before[before.rfind(marker) + len(marker) :] if marker in before else ""
+    else:  # cut off: the end of turn too
+        marker = tokenizer.eos_token or ""
+        tail = before[before.rfind(marker) :] if marker and marker in before else ""
+    return encode(tokenizer, tail + after[len(before) :])
+
+
+def _parse(text: str) -> ParsedTurn:
+    reasoning, rest = split_reasoning(text)
+    parsed = parse_tool_calls(rest)
+    return ParsedTurn(content=parsed.content, calls=parsed.calls, reasoning=reasoning)
+
+
+TEMPLATE = Template(
+    name="hf",
+    tool_format="hermes (<tool_call> JSON); name a vLLM parser for others",
+    reasoning="<think> block, if the model writes one",
+    prompt_ids=_prompt_ids,
+    between_ids=_between,
+    parse=_parse,
+)
