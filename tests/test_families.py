@@ -301,3 +301,33 @@ def json_of(call: Any) -> Any:
     import json
 
     return json.loads(call.arguments)
+
+
+def test_qwen3_coder_xml_calls() -> None:
+    parse = get_template("qwen3-coder").parse
+    turn = parse(
+        "Let me.\n<tool_call>\n<function=calculator>\n<parameter=expression>\n2 + 2\n</parameter>\n"
+        "<parameter=digits>\n3\n</parameter>\n</function>\n</tool_call>"
+    )
+    assert turn.content == "Let me."
+    (found,) = turn.calls
+    assert isinstance(found, ParsedCall) and found.name == "calculator"
+    assert json_of(found) == {"expression": "2 + 2", "digits": 3}
+    (bad,) = parse("<tool_call>\n<parameter=x>1</parameter>\n</tool_call>").calls
+    assert not isinstance(bad, ParsedCall) and "<function=name>" in bad.reason
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PIECES = st.sampled_from(
+    ["<tool_call>", "</tool_call>", "<function=f>", "</function>", "<parameter=p>", "</parameter>", "<think>", "</think>",
+     "<|python_tag|>", '{"name": "f", "parameters": {', "}", ";", "[", "]", '"', "\\u", "x", "\n", "9" * 5000]
+)  # fmt: skip
+
+
+@given(st.lists(_PIECES, max_size=40).map("".join))
+def test_no_family_parser_ever_raises(text: str) -> None:
+    for name in ("qwen2.5", "qwen3", "qwen3-coder", "llama3", "hf"):
+        turn = get_template(name).parse(text)
+        assert isinstance(turn.content, str)

@@ -6,11 +6,12 @@ from .base import register_template
 from .hf import TEMPLATE as HF
 from .llama3 import TEMPLATE as LLAMA3
 from .qwen3 import NO_THINKING as QWEN3_NO_THINKING
+from .qwen3_coder import TEMPLATE as QWEN3_CODER
 from .qwen3 import THINKING as QWEN3
 from .qwen25 import TEMPLATE as QWEN25
 
 __all__ = ["BUILT_IN"]
 
-BUILT_IN = (QWEN25, QWEN3, QWEN3_NO_THINKING, LLAMA3, HF)
+BUILT_IN = (QWEN25, QWEN3, QWEN3_NO_THINKING, QWEN3_CODER, LLAMA3, HF)
 for _template in BUILT_IN:
     register_template(_template, replace=True)
