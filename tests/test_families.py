@@ -331,3 +331,115 @@ def test_no_family_parser_ever_raises(text: str) -> None:
     for name in ("qwen2.5", "qwen3", "qwen3-coder", "llama3", "hf"):
         turn = get_template(name).parse(text)
         assert isinstance(turn.content, str)
+
+
+# --- Mistral (mistral_common) and gpt-oss (openai-harmony): their libraries' tokens ---
+
+
+def mistral_sampling(turns: Sequence[str], seen: list[Request]) -> tuple[Generate, Any]:
+    from agentfly_min.templates.mistral import tekken
+
+    tokenizer = tekken()
+    inner = tokenizer.instruct_tokenizer.tokenizer
+    tool_calls = inner.get_special_token("[TOOL_CALLS]")
+
+    async def generate(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        seen.append(request)
+        text = turns[len(seen) - 1]
+        if text.startswith("[TOOL_CALLS]"):
+            ids = [tool_calls, *inner.encode(text[len("[TOOL_CALLS]") :], bos=False, eos=True)]
+        else:
+            ids = inner.encode(text, bos=False, eos=True)
+        # What a transport's text is for such a turn: the control token is gone.
+        return Completion(outputs=(Output(text=text.replace("[TOOL_CALLS]", ""), finish_reason="stop", token_ids=tuple(ids)),))
+
+    return generate, tokenizer
+
+
+@pytest.mark.anyio
+async def test_mistral_episodes_splice_what_mistral_common_renders() -> None:
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+    from agentfly_min.templates.mistral import _tools, mistral_messages
+
+    seen: list[Request] = []
+    written = '{"flag": false,  "a": "é"}'
+    turns = [f'[TOOL_CALLS][{{"name": "calculator", "arguments": {{"expression": "2+2"}}, "id": "abcdefghi"}}, {{"name": "calculator", "arguments": {written}}}]', "It is 4."]
+    generate, tokenizer = mistral_sampling(turns, seen)
+    agent = Agent(model_name_or_path="m", tools=[calculator], template="mistral")
+    trajectory = await run_agent(agent, generate, {"question": "2+2?"}, tokenizer=tokenizer)
+    assert trajectory.error is None and trajectory.finish_reason == "answer"
+    ids = [c.id for c in trajectory.messages[1].calls]
+    assert ids[0] == "abcdefghi" and len(ids[1]) == 9 and ids[1].isalnum()  # the model's id kept; a Mistral-shaped one made
+    assert trajectory.messages[1].calls[1].function.arguments == written
+    assert [m.text for m in trajectory.messages[2:4]] == ["4", "Error: invalid arguments for calculator: Object contains unknown field `flag`."]
+    # The second prompt is exactly what mistral_common renders for the conversation so far.
+    request = ChatCompletionRequest(messages=mistral_messages(trajectory.messages[:4]), tools=_tools([calculator.schema]))
+    assert seen[1].prompt_ids is not None
+    rendered = tokenizer.encode_chat_completion(request).tokens
+    assert list(seen[1].prompt_ids)[: len(trajectory.prompt_ids)] == list(trajectory.prompt_ids)
+    # mistral_common writes the arguments back through Python objects; we keep the sampled ones: the
+    # tokens agree except inside that one call, whose bytes the model wrote.
+    assert len(rendered) != len(seen[1].prompt_ids) or rendered != list(seen[1].prompt_ids)
+    assert written.encode() in tokenizer.instruct_tokenizer.tokenizer.decode(list(seen[1].prompt_ids)).encode()
+
+
+@pytest.mark.anyio
+async def test_mistral_without_arguments_to_keep_equals_a_full_render() -> None:
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+    from agentfly_min.templates.mistral import _tools, mistral_messages
+
+    seen: list[Request] = []
+    call_text = '[TOOL_CALLS][{"name": "calculator", "arguments": {"expression": "2+2"}, "id": "abcdefghi"}]'
+    generate, tokenizer = mistral_sampling([call_text, "It is 4."], seen)
+    trajectory = await run_agent(Agent(model_name_or_path="m", tools=[calculator], template="mistral"), generate, {"question": "2+2?"}, tokenizer=tokenizer)
+    request = ChatCompletionRequest(messages=mistral_messages(trajectory.messages[:3]), tools=_tools([calculator.schema]))
+    assert seen[1].prompt_ids is not None and list(seen[1].prompt_ids) == tokenizer.encode_chat_completion(request).tokens
+
+
+@pytest.mark.anyio
+async def test_gpt_oss_episodes_splice_what_harmony_renders() -> None:
+    from openai_harmony import Role
+
+    from agentfly_min.templates.harmony import encoding, harmony_conversation
+
+    enc = encoding()
+    turns = [
+        "<|channel|>analysis<|message|>Need to add.<|end|><|start|>assistant<|channel|>commentary to=functions.calculator "
+        '<|constrain|>json<|message|>{"expression": "2+2"}<|call|>',
+        "<|channel|>analysis<|message|>Got 4.<|end|><|start|>assistant<|channel|>final<|message|>It is 4.<|return|>",
+    ]
+    seen: list[Request] = []
+
+    async def generate(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        seen.append(request)
+        ids = enc.encode(turns[len(seen) - 1], allowed_special="all")
+        return Completion(outputs=(Output(text="(a transport's text)", finish_reason="stop", token_ids=tuple(ids)),))
+
+    agent = Agent(model_name_or_path="m", tools=[calculator], template="gpt-oss")
+    trajectory = await run_agent(agent, generate, {"question": "2+2?"}, tokenizer=enc)
+    assert trajectory.error is None and trajectory.finish_reason == "answer"
+    assistant = trajectory.messages[1]
+    assert assistant.reasoning_content == "Need to add." and assistant.calls[0].function.name == "calculator"
+    assert trajectory.messages[2].text == "4" and trajectory.messages[-1].text == "It is 4."
+    assert trajectory.messages[-1].reasoning_content == "Got 4."
+    expected = enc.render_conversation_for_completion(harmony_conversation(trajectory.messages[:3], [calculator.schema]), Role.ASSISTANT)
+    assert seen[1].prompt_ids is not None and list(seen[1].prompt_ids) == list(expected)
+
+
+def test_harmony_and_mistral_parsers_never_raise_on_hostile_turns() -> None:
+    for name in ("gpt-oss", "mistral"):
+        parse = get_template(name).parse
+        for text in ["", "[TOOL_CALLS]", "[TOOL_CALLS][{", "<|channel|>commentary to=functions.f<|message|>{bad", "[TOOL_CALLS]" + "[" * 5000]:
+            turn = parse(text)
+            assert isinstance(turn.content, str)
+
+
+def test_mistral_and_gpt_oss_refuse_a_tokenizer_of_another_kind() -> None:
+    with pytest.raises(ValueError, match="mistral_common MistralTokenizer"):
+        get_template("mistral").check(tokenizer_for("qwen2.5"))
+    with pytest.raises(ValueError, match="openai-harmony's encoding"):
+        get_template("gpt-oss").check(tokenizer_for("qwen2.5"))

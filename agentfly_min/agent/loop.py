@@ -145,34 +145,35 @@ class _Tokens:
         return fits
 
 
-def _calls(output: Output, turn: int, template: Template) -> tuple[tuple[ToolCall, ...], list[str | None], ParsedTurn]:
+def _calls(
+    output: Output, turn: int, template: Template, text: str
+) -> tuple[tuple[ToolCall, ...], list[str | None], ParsedTurn]:
     """The turn's tool calls, an error per call (None if it parsed) and the
-    turn as the template reads it. Every call gets an id of its own: a
-    server may send none, or the same one twice."""
+    turn as the template reads it from ``text``. Every call gets an id of its
+    own: a server may send none, or the same one twice."""
     if output.tool_calls:  # the server parsed them already
-        calls = _distinct_ids(output.tool_calls, turn)
+        calls = _distinct_ids(output.tool_calls, turn, template)
         return calls, [None] * len(calls), ParsedTurn(content=output.text, reasoning=output.reasoning)
-    parsed = template.parse(output.text)
+    parsed = template.parse(text)
     found: list[ToolCall] = []
     errors: list[str | None] = []
     for k, call in enumerate(parsed.calls):
-        call_id = f"call_{turn}_{k}"
         if isinstance(call, ParsedCall):
-            found.append(ToolCall(id=call_id, function=FunctionCall(name=call.name, arguments=call.arguments)))
+            found.append(ToolCall(id=call.id or "", function=FunctionCall(name=call.name, arguments=call.arguments)))
             errors.append(None)
         else:
             assert isinstance(call, MalformedToolCall)
-            found.append(ToolCall(id=call_id, function=FunctionCall(name="invalid_tool_call", arguments=call.raw)))
+            found.append(ToolCall(id="", function=FunctionCall(name="invalid_tool_call", arguments=call.raw)))
             errors.append(f"Error: malformed tool call: {call.reason}.")
-    return tuple(found), errors, parsed
+    return _distinct_ids(found, turn, template), errors, parsed
 
 
-def _distinct_ids(calls: Sequence[ToolCall], turn: int) -> tuple[ToolCall, ...]:
+def _distinct_ids(calls: Sequence[ToolCall], turn: int, template: Template) -> tuple[ToolCall, ...]:
     seen: set[str] = set()
     out: list[ToolCall] = []
     for k, call in enumerate(calls):
         if not call.id or call.id in seen:
-            call = ToolCall(id=f"call_{turn}_{k}", function=call.function)
+            call = ToolCall(id=template.call_id(turn, k), function=call.function)
         seen.add(call.id)
         out.append(call)
     return tuple(out)
@@ -255,8 +256,9 @@ class _Episode:
     """The state of one episode, updated turn by turn, that becomes its
     trajectory."""
 
-    def __init__(self, agent: Agent[Any], ident: str, chain_index: int, session: str) -> None:
+    def __init__(self, agent: Agent[Any], ident: str, chain_index: int, session: str, tokenizer: Tokenizer | None) -> None:
         self.agent = agent
+        self.tokenizer = tokenizer
         self.ident = ident
         self.chain_index = chain_index
         self.session = session
@@ -369,7 +371,10 @@ async def _turns(episode: _Episode, generate: Generate) -> tuple[EpisodeEnd, str
         if not completion.outputs:  # a Completion built around its own checks
             return "error", "MalformedResponseError: the transport returned no outputs"
         output = episode.took(completion, anyio.current_time() - started)
-        calls, parse_errors, parsed = _calls(output, episode.turns, episode.template)
+        text = output.text
+        if episode.template.decode is not None and tokens is not None and output.token_ids is not None:
+            text = episode.template.decode(episode.tokenizer, output.token_ids)
+        calls, parse_errors, parsed = _calls(output, episode.turns, episode.template, text)
         episode.messages.append(
             Message(role="assistant", content=parsed.content, reasoning_content=parsed.reasoning, tool_calls=calls)
         )
@@ -428,7 +433,7 @@ async def run_agent(
     """
     ident = task_id if task_id is not None else str(task.get("id", "0"))
     session = request_id or f"{ident}-{chain_index}-{uuid.uuid4().hex[:12]}"
-    episode = _Episode(agent, ident, chain_index, session)
+    episode = _Episode(agent, ident, chain_index, session, tokenizer)
     try:
         try:
             episode.messages = list(task_messages(task, agent.system_prompt))

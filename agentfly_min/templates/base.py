@@ -26,10 +26,12 @@ __all__ = ["Template", "Turn", "ParsedCall", "MalformedToolCall", "ParsedTurn", 
 
 class ParsedCall(msgspec.Struct, frozen=True, kw_only=True):
     """A tool call read from a turn: ``arguments`` is the JSON text of an
-    object, as the model wrote it."""
+    object, as the model wrote it; ``id`` is the call's id when the format
+    has the model write one (Mistral's)."""
 
     name: str
     arguments: str
+    id: str | None = None
 
 
 class MalformedToolCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +75,12 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
       never raises, linear in the text.
     - ``check(tokenizer)``: raises ``ValueError`` if the tokenizer cannot
       carry this format (a missing special token).
+    - ``decode(tokenizer, ids)``: a sampled turn's text as ``parse`` wants
+      it, from its ids, where the format lives in special tokens that a
+      transport's text leaves out (Mistral's ``[TOOL_CALLS]``, harmony's
+      channels); None: the transport's text is used.
+    - ``call_id(turn, index)``: the id a call gets when the model wrote
+      none, for formats that constrain ids.
     - ``render(messages, tools)``: the whole conversation as the family's
       own template writes it (text), where there is one; tests use it to
       prove the splices equal a full render.
@@ -89,6 +97,8 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
     parse: Callable[[str], ParsedTurn]
     check: Callable[[Any], None] = lambda tokenizer: None
     render: Callable[[Sequence[Message], Sequence[ToolSchema]], str] | None = None
+    decode: Callable[[Any, Sequence[int]], str] | None = None
+    call_id: Callable[[int, int], str] = lambda turn, index: f"call_{turn}_{index}"
 
 
 _REGISTRY: dict[str, Template] = {}

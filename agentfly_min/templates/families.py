@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from .base import register_template
+from .harmony import TEMPLATE as GPT_OSS
 from .hf import TEMPLATE as HF
 from .llama3 import TEMPLATE as LLAMA3
+from .mistral import TEMPLATE as MISTRAL
 from .qwen3 import NO_THINKING as QWEN3_NO_THINKING
 from .qwen3_coder import TEMPLATE as QWEN3_CODER
 from .qwen3 import THINKING as QWEN3
@@ -12,6 +14,6 @@ from .qwen25 import TEMPLATE as QWEN25
 
 __all__ = ["BUILT_IN"]
 
-BUILT_IN = (QWEN25, QWEN3, QWEN3_NO_THINKING, QWEN3_CODER, LLAMA3, HF)
+BUILT_IN = (QWEN25, QWEN3, QWEN3_NO_THINKING, QWEN3_CODER, LLAMA3, MISTRAL, GPT_OSS, HF)
 for _template in BUILT_IN:
     register_template(_template, replace=True)

@@ -1,0 +1,173 @@
+"""gpt-oss's harmony format, through OpenAI's ``openai-harmony`` package.
+
+Harmony puts a turn's parts on channels: ``analysis`` (the reasoning),
+``commentary`` (tool calls, addressed ``to=functions.<name>``, and
+preambles) and ``final`` (the answer). ``openai-harmony`` renders
+conversations to tokens and parses sampled tokens back into messages; this
+template uses it for both, so nothing here re-implements the format. The
+tokenizer a gpt-oss episode takes is the package's encoding
+(:func:`encoding`).
+
+Our messages map onto harmony's: a system message becomes the developer
+instructions, the tools the developer's function tools, an assistant's
+content a ``final`` message (its reasoning an ``analysis`` one, its calls
+``commentary`` ones), a tool result a message from ``functions.<name>``.
+Between turns the splice is the tool results as harmony renders them and
+the next ``<|start|>assistant``; the sampled ``<|call|>`` stays as sampled.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..records import Message, ToolSchema
+from .base import MalformedToolCall, ParsedCall, ParsedTurn, Template, Turn
+from .hermes import MAX_CALLS, too_deep
+
+__all__ = ["TEMPLATE", "encoding", "harmony_conversation"]
+
+_FUNCTIONS = "functions."
+
+
+@functools.cache
+def encoding() -> Any:
+    """The gpt-oss harmony encoding (o200k_harmony)."""
+    from openai_harmony import HarmonyEncodingName, load_harmony_encoding
+
+    return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+def harmony_conversation(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> Any:
+    """Our conversation as a harmony ``Conversation``."""
+    from openai_harmony import (
+        Author,
+        Conversation,
+        DeveloperContent,
+        Role,
+        SystemContent,
+        ToolDescription,
+    )
+    from openai_harmony import Message as HarmonyMessage
+
+    instructions = "\n\n".join(m.text for m in messages if m.role in ("system", "developer"))
+    out = [HarmonyMessage.from_role_and_content(Role.SYSTEM, SystemContent.new())]
+    developer = DeveloperContent.new()
+    if instructions:
+        developer = developer.with_instructions(instructions)
+    if tools:
+        developer = developer.with_function_tools(
+            [ToolDescription.new(t.function.name, t.function.description, parameters=t.function.parameters) for t in tools]
+        )
+    if instructions or tools:
+        out.append(HarmonyMessage.from_role_and_content(Role.DEVELOPER, developer))
+    names: dict[str, str] = {}
+    for message in messages:
+        if message.role == "user":
+            out.append(HarmonyMessage.from_role_and_content(Role.USER, message.text))
+        elif message.role == "assistant":
+            if message.reasoning_content:
+                out.append(HarmonyMessage.from_role_and_content(Role.ASSISTANT, message.reasoning_content).with_channel("analysis"))
+            for call in message.calls:
+                names[call.id] = call.function.name
+                out.append(
+                    HarmonyMessage.from_role_and_content(Role.ASSISTANT, call.function.arguments)
+                    .with_channel("commentary")
+                    .with_recipient(_FUNCTIONS + call.function.name)
+                    .with_content_type("<|constrain|>json")
+                )
+            if message.text or not message.calls:
+                out.append(HarmonyMessage.from_role_and_content(Role.ASSISTANT, message.text).with_channel("final"))
+        elif message.role == "tool":
+            name = names.get(message.tool_call_id or "", message.name or "tool")
+            author = Author.new(Role.TOOL, _FUNCTIONS + name)
+            out.append(HarmonyMessage.from_author_and_content(author, message.text).with_channel("commentary").with_recipient("assistant"))
+    return Conversation.from_messages(out)
+
+
+def _prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> list[int]:
+    from openai_harmony import Role
+
+    ids: list[int] = list(tokenizer.render_conversation_for_completion(harmony_conversation(messages, tools), Role.ASSISTANT))
+    return ids
+
+
+def _between(tokenizer: Any, turn: Turn) -> list[int]:
+    from openai_harmony import Author, Role
+    from openai_harmony import Message as HarmonyMessage
+
+    stops = set(tokenizer.stop_tokens_for_assistant_actions())
+    ids: list[int] = [] if turn.sampled and turn.sampled[-1] in stops else list(tokenizer.encode("<|end|>", allowed_special="all"))
+    names = {call.id: call.function.name for message in turn.history if message.role == "assistant" for call in message.calls}
+    for result in turn.results:
+        author = Author.new(Role.TOOL, _FUNCTIONS + names.get(result.tool_call_id or "", result.name or "tool"))
+        message = HarmonyMessage.from_author_and_content(author, result.text).with_channel("commentary").with_recipient("assistant")
+        ids.extend(tokenizer.render(message))
+    ids.extend(tokenizer.encode("<|start|>assistant", allowed_special="all"))
+    return ids
+
+
+def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
+    text: str = tokenizer.decode(list(ids))
+    return text
+
+
+def parse(text: str) -> ParsedTurn:
+    """The turn's channels: ``analysis`` is reasoning, ``commentary`` to
+    ``functions.<name>`` a call (its message the arguments, kept as
+    written), ``final`` (or commentary to no one) the content. A turn
+    harmony cannot parse is content, with a malformed call if it was
+    addressing a tool. Never raises."""
+    from openai_harmony import Role
+
+    enc = encoding()
+    try:
+        messages = enc.parse_messages_from_completion_tokens(enc.encode(text, allowed_special="all"), Role.ASSISTANT)
+    except Exception as exc:  # noqa: BLE001 - the parser is third-party code reading hostile tokens
+        if _FUNCTIONS in text:
+            return ParsedTurn(content="", calls=(MalformedToolCall(raw=text, reason=f"unreadable harmony message ({exc})"),))
+        return ParsedTurn(content=text.strip())
+    reasoning: list[str] = []
+    content: list[str] = []
+    calls: list[ParsedCall | MalformedToolCall] = []
+    for message in messages:
+        body = "".join(getattr(part, "text", "") for part in message.content)
+        recipient = message.recipient or ""
+        if message.channel == "analysis":
+            reasoning.append(body)
+        elif recipient.startswith(_FUNCTIONS) and len(calls) <= MAX_CALLS:
+            calls.append(_call(recipient[len(_FUNCTIONS) :], body))
+        else:
+            content.append(body)
+    return ParsedTurn(content="".join(content).strip(), calls=tuple(calls), reasoning="\n".join(reasoning) or None)
+
+
+def _call(name: str, arguments: str) -> ParsedCall | MalformedToolCall:
+    if too_deep(arguments):
+        return MalformedToolCall(raw=arguments, reason="JSON nested deeper than the limit")
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError as exc:
+        return MalformedToolCall(raw=arguments, reason=f"the arguments are not valid JSON ({exc})")
+    if not isinstance(value, dict):
+        return MalformedToolCall(raw=arguments, reason="the arguments must be a JSON object")
+    return ParsedCall(name=name, arguments=arguments.strip() or "{}")
+
+
+def _check(tokenizer: Any) -> None:
+    if not hasattr(tokenizer, "render_conversation_for_completion"):
+        raise ValueError(f"the gpt-oss template needs openai-harmony's encoding (templates.harmony.encoding()), not a {type(tokenizer).__name__}")
+
+
+TEMPLATE = Template(
+    name="gpt-oss",
+    tool_format="harmony (commentary to=functions.<name>)",
+    reasoning="harmony analysis channel",
+    prompt_ids=_prompt_ids,
+    between_ids=_between,
+    parse=parse,
+    check=_check,
+    decode=_decode,
+)
