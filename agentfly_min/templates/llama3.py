@@ -28,6 +28,7 @@ from .qwen25 import arguments_value, encode, single_token
 __all__ = ["render", "between", "parse", "CHAT_TEMPLATE", "TEMPLATE", "DATE"]
 
 BOS, EOT, EOM, PYTHON_TAG = "<|begin_of_text|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"
+END_OF_TEXT = "<|end_of_text|>"
 DATE = "26 Jul 2024"
 _CUTOFF = "December 2023"
 _TOOL_PROMPT = (
@@ -82,9 +83,11 @@ def render(messages: Sequence[Message], tools: Sequence[ToolSchema] = (), *, add
 
 
 def between(tokenizer: Any, turn: Turn) -> list[int]:
-    """The end of the sampled turn (if the model stopped without it), one
-    ``ipython`` turn per tool result, the next assistant header."""
-    ends = {single_token(tokenizer, EOT, "Llama 3"), single_token(tokenizer, EOM, "Llama 3")}
+    """The end of the sampled turn (if the model stopped without one of
+    ``<|eot_id|>``, ``<|eom_id|>``, ``<|end_of_text|>``, all of which Llama
+    3.1 stops on), one ``ipython`` turn per tool result, the next assistant
+    header."""
+    ends = {single_token(tokenizer, token, "Llama 3") for token in (EOT, EOM, END_OF_TEXT)}
     ended = bool(turn.sampled) and turn.sampled[-1] in ends
     text = ("" if ended else EOT) + "".join(_header("ipython") + m.text + EOT for m in turn.results) + _header("assistant")
     return encode(tokenizer, text)
@@ -101,7 +104,7 @@ def parse(text: str) -> ParsedTurn:
     tagged = body.startswith(PYTHON_TAG)
     if tagged:
         body = body[len(PYTHON_TAG) :].strip()
-    for marker in (EOT, EOM):
+    for marker in (EOT, EOM, END_OF_TEXT):
         if body.endswith(marker):
             body = body[: -len(marker)].rstrip()
     if not body.startswith("{"):
@@ -133,7 +136,7 @@ def parse(text: str) -> ParsedTurn:
 
 
 def _check(tokenizer: Any) -> None:
-    for token in (BOS, EOT, EOM, "<|start_header_id|>", "<|end_header_id|>"):
+    for token in (BOS, EOT, EOM, END_OF_TEXT, "<|start_header_id|>", "<|end_header_id|>"):
         single_token(tokenizer, token, "Llama 3")
 
 

@@ -1,0 +1,136 @@
+"""Each chat family on real engines: multi-turn tool-calling episodes on a
+tiny random model whose tokenizer carries that family's format, through the
+in-process vLLM engine and through verl's Ray rollout stack, checked token
+for token. One engine (or one cluster) at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from agentfly_min import Agent, AsyncVerlConfig, Completion, Generate, Request, rollout
+from agentfly_min.templates import Turn, get_template
+from agentfly_min.testing import tiny_model
+from agentfly_min.testing.verl_cpu import VerlCluster
+from agentfly_min.tools import calculator
+from agentfly_min.transports.verl import open_verl
+from agentfly_min.transports.vllm import VLLMEngine, vllm_generate
+
+from .conftest import CACHE, WORK
+from .vllm_support import ENGINE_CONFIG, assert_gone, engine_children
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+# A forced first turn for each family (the model is random): a call to the
+# calculator in the family's own format.
+FORCED = {
+    "qwen3": (
+        r'<think>\n[a-z]{1,8}\n</think>\n\n<tool_call>\n\{"name": "calculator", '
+        r'"arguments": \{"expression": "[1-9]\+[1-9]"\}\}\n</tool_call>'
+    ),
+    "llama3": r'\{"name": "calculator", "parameters": \{"expression": "[1-9]\+[1-9]"\}\}',
+}
+TEMPLATE_OF = {"qwen3": "qwen3", "llama3": "llama3"}
+
+
+def forcing(inner: Generate, family: str, record: dict[str, list[tuple[Request, Completion]]]) -> Generate:
+    async def generate(request: Request) -> Completion:
+        first = len(request.messages) == 1
+        sent = msgspec.structs.replace(request, regex=FORCED[family]) if first else request
+        completion = await inner(sent)
+        assert request.request_id is not None
+        record.setdefault(request.request_id, []).append((request, completion))
+        return completion
+
+    return generate
+
+
+def check_token_exact(family: str, tokenizer: Any, trajectories: list[Any], record: dict[str, list[tuple[Request, Completion]]]) -> None:
+    template = get_template(TEMPLATE_OF[family])
+    assert template.render is not None
+    for t in trajectories:
+        assert t.error is None, t.error
+        assert t.token_level and t.num_turns == 2 and t.tool_calls == 1
+        assert t.messages[2].text.isdigit(), t.messages[2].text  # the forced call ran
+        turns = record[t.request_id]
+        sampled = [list(completion.outputs[0].token_ids or ()) for _, completion in turns]
+        # The mask-1 ids are exactly the ids the engine sampled, in order.
+        assert [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m] == [i for s in sampled for i in s]
+        assert t.response_logprobs is not None and len(t.response_logprobs) == len(t.response_ids)
+        # Decoding them gives the text the engine returned.
+        assert tokenizer.decode(sampled[0], skip_special_tokens=True) == turns[0][1].outputs[0].text
+        # The spliced ids are exactly what the template puts there.
+        spliced = t.response_ids[len(sampled[0]) : len(t.response_ids) - len(sampled[1])]
+        between = template.between_ids(tokenizer, Turn(history=t.messages[:2], sampled=sampled[0], results=t.messages[2:3], tools=(calculator.schema,)))
+        assert list(spliced) == between
+        # And, the template being prefix-stable here, the second prompt is a full render: the same
+        # text, and the same ids outside what was sampled (a constrained sampler may spell "<think>"
+        # in pieces where the tokenizer has one token: the ids it sampled are the ones kept).
+        second_prompt = turns[1][0].prompt_ids
+        assert second_prompt is not None
+        full = template.render(t.messages[:3], (calculator.schema,))
+        seen = tokenizer.decode(list(second_prompt))
+        # The one liberty a model takes: it may end its turn with another of the family's stop
+        # tokens (Llama 3.1 stops on <|end_of_text|> too) where the template writes <|eot_id|>.
+        ending = tokenizer.convert_ids_to_tokens(sampled[0][-1])
+        if family == "llama3" and ending in ("<|end_of_text|>", "<|eom_id|>"):
+            seen = seen.replace(ending, "<|eot_id|>", 1)  # the prompt has neither: this is the turn's end
+        assert seen == full
+        assert list(second_prompt) == [*t.prompt_ids, *sampled[0], *between]
+        assert list(t.prompt_ids) == tokenizer.encode(template.render(t.messages[:1], (calculator.schema,)), add_special_tokens=False)
+
+
+@pytest.fixture(scope="module", params=["qwen3", "llama3"])
+def family_engine(request: pytest.FixtureRequest) -> Iterator[tuple[str, VLLMEngine]]:
+    family: str = request.param
+    before = {p.pid for p in engine_children()}
+    engine = VLLMEngine.start(ENGINE_CONFIG, tiny_model(CACHE, family=family))  # type: ignore[arg-type]
+    children = [p for p in engine_children() if p.pid not in before]
+    yield family, engine
+    engine.close()
+    assert_gone(children)
+
+
+async def test_family_episodes_on_the_vllm_engine_are_token_exact(family_engine: tuple[str, VLLMEngine]) -> None:
+    family, engine = family_engine
+    record: dict[str, list[tuple[Request, Completion]]] = {}
+    agent = Agent(model_name_or_path=family, tools=[calculator], template=TEMPLATE_OF[family], max_turns=2, max_new_tokens=128)
+    tasks = [{"id": f"{family}-{i}", "question": f"What is {i}+{i}?"} for i in range(3)]
+    trajectories = await rollout(agent, forcing(vllm_generate(engine), family, record), tasks, n=2, tokenizer=engine.tokenizer)
+    assert len(trajectories) == 6
+    check_token_exact(family, engine.tokenizer, trajectories, record)
+
+
+@pytest.fixture(scope="module", params=["qwen3", "llama3"])
+def family_cluster(request: pytest.FixtureRequest) -> Iterator[tuple[str, VerlCluster, Any]]:
+    from transformers import AutoTokenizer
+
+    family: str = request.param
+    model = tiny_model(CACHE, family=family)  # type: ignore[arg-type]
+    before = {p.pid for p in engine_children()}
+    with VerlCluster(model, work_dir=WORK) as cluster:
+        started = [p for p in engine_children() if p.pid not in before]
+        yield family, cluster, AutoTokenizer.from_pretrained(str(model))
+    assert_gone(started, timeout=60)
+
+
+async def test_family_episodes_through_verl_are_token_exact(family_cluster: tuple[str, VerlCluster, Any]) -> None:
+    family, cluster, tokenizer = family_cluster
+    record: dict[str, list[tuple[Request, Completion]]] = {}
+    agent = Agent(model_name_or_path=family, tools=[calculator], template=TEMPLATE_OF[family], max_turns=2, max_new_tokens=128, backend="async_verl")
+    tasks = [{"id": f"{family}-{i}", "question": f"What is {i}+{i}?"} for i in range(3)]
+    async with open_verl(AsyncVerlConfig(), cluster.client, tokenizer) as generate:
+        trajectories = await rollout(agent, forcing(generate, family, record), tasks, n=2, tokenizer=tokenizer)
+    check_token_exact(family, tokenizer, trajectories, record)
+
+
+def test_models_are_built_per_family() -> None:
+    from transformers import AutoConfig
+
+    for family, architecture in (("qwen2.5", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM"), ("llama3", "LlamaForCausalLM")):
+        path: Path = tiny_model(CACHE, family=family)  # type: ignore[arg-type]
+        assert AutoConfig.from_pretrained(str(path)).architectures == [architecture]
