@@ -134,3 +134,49 @@ def test_models_are_built_per_family() -> None:
     for family, architecture in (("qwen2.5", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM"), ("llama3", "LlamaForCausalLM")):
         path: Path = tiny_model(CACHE, family=family)  # type: ignore[arg-type]
         assert AutoConfig.from_pretrained(str(path)).architectures == [architecture]
+
+
+# --- the OpenAI client transport, against a vLLM server with the family's tool parser ---
+
+SERVER_PARSER = {"qwen3": "hermes", "llama3": "llama3_json"}
+FORCED_CALL_ONLY = {
+    "qwen3": r'<tool_call>\n\{"name": "calculator", "arguments": \{"expression": "[1-9]\+[1-9]"\}\}\n</tool_call>',
+    "llama3": FORCED["llama3"],
+}
+
+
+@pytest.fixture(scope="module", params=["qwen3", "llama3"])
+def family_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
+    from agentfly_min.testing.vllm_cpu import VLLMServer
+
+    family: str = request.param
+    model = tiny_model(CACHE, family=family)  # type: ignore[arg-type]
+    before = {p.pid for p in engine_children()}
+    with VLLMServer(model, work_dir=WORK, max_model_len=1024, tool_parser=SERVER_PARSER[family]) as server:
+        started = [p for p in engine_children() if p.pid not in before]
+        yield family, server
+    assert_gone(started)
+
+
+async def test_family_episodes_through_a_vllm_server_and_its_tool_parser(family_server: tuple[str, Any]) -> None:
+    from agentfly_min import ClientConfig, open_backend
+
+    family, server = family_server
+    config = ClientConfig(base_url=server.base_url, timeout=120, max_retries=0)
+    agent = Agent(model_name_or_path=family, tools=[calculator], template=TEMPLATE_OF[family], backend="client", backend_config=config, max_turns=2, max_new_tokens=64)
+
+    def force_first(inner: Generate) -> Generate:
+        async def generate(request: Request) -> Completion:
+            first = len(request.messages) == 1
+            return await inner(msgspec.structs.replace(request, regex=FORCED_CALL_ONLY[family]) if first else request)
+
+        return generate
+
+    async with open_backend(config) as generate:
+        trajectories = await rollout(agent, force_first(generate), [{"id": f"s{i}", "question": f"{i}+{i}?"} for i in range(2)], n=2)
+    for t in trajectories:
+        assert t.error is None, t.error
+        assert t.num_turns == 2 and t.tool_calls == 1 and not t.token_level
+        call = t.messages[1].calls[0]
+        assert call.function.name == "calculator" and call.id  # parsed by the server's parser
+        assert t.messages[2].role == "tool" and t.messages[2].text.isdigit()

@@ -92,7 +92,8 @@ class VLLMServer:
 
     ``with VLLMServer(model, work_dir=...) as server:`` starts it, waits for
     ``/health`` and stops it (the whole process group) on exit.
-    ``base_url`` is its ``/v1`` URL. Hermes tool-call parsing is on.
+    ``base_url`` is its ``/v1`` URL. Tool-call parsing is on, with vLLM's
+    ``tool_parser`` (Hermes by default).
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class VLLMServer:
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 300.0,
         device: Device = "cpu",
+        tool_parser: str = "hermes",
     ) -> None:
         self.model = str(model)
         self.port = free_port()
@@ -120,7 +122,7 @@ class VLLMServer:
             *(cpu_only if device == "cpu" else []),
             "--max-model-len", str(max_model_len),
             "--enable-auto-tool-choice",
-            "--tool-call-parser", "hermes",
+            "--tool-call-parser", tool_parser,
             *extra_args,
         ]  # fmt: skip
         self._env = {**os.environ, **cpu_environment(work_dir, offline=Path(model).exists()), **(env or {})}
