@@ -1,4 +1,4 @@
-"""The ``agentfly-min`` command line: ``bench``, ``rollout`` and ``demo``."""
+"""The ``agentfly-min`` command line: ``bench``, ``rollout``, ``templates`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,37 @@ def _positive(text: str) -> int:
     return value
 
 
+# The tiny model the bench builds for a template when no --model is given.
+_TINY_FAMILY: dict[str, Literal["qwen2.5", "qwen3", "llama3"]] = {
+    "qwen2.5": "qwen2.5",
+    "hf": "qwen2.5",
+    "qwen3": "qwen3",
+    "qwen3-nothink": "qwen3",
+    "qwen3-coder": "qwen3",
+    "llama3": "llama3",
+}
+
+
+def _template_name(text: str) -> str:
+    from .templates import template_names
+
+    if text not in template_names():
+        raise argparse.ArgumentTypeError(f"no template named {text!r}; registered: {', '.join(template_names())}")
+    return text
+
+
+def templates_command(args: argparse.Namespace) -> int:
+    """List the registered chat templates."""
+    from .templates import get_template, template_names
+
+    rows = [(name, get_template(name)) for name in template_names()]
+    width = max(len(name) for name, _ in rows)
+    print(f"{'template':<{width}}  tool-call format / reasoning")
+    for name, template in rows:
+        print(f"{name:<{width}}  {template.tool_format} / {template.reasoning}")
+    return 0
+
+
 def _not_a_model(path: Path) -> str | None:
     """Why ``path`` is not a model folder the bench can load, or None."""
     if not path.exists():
@@ -115,8 +146,12 @@ def bench(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.model is None:
+        family = _TINY_FAMILY.get(args.template)
+        if family is None:
+            print(f"agentfly-min bench: --template {args.template} has no tiny model to build; give --model", file=sys.stderr)
+            return 2
         console.print("[bold]No --model: building the tiny random model (random weights: this measures transports, not model quality).")
-        model, random_weights = str(tiny_model(work_dir / "models")), True
+        model, random_weights = str(tiny_model(work_dir / "models", family=family)), True
     else:
         model, random_weights = str(Path(args.model).resolve()), False
     device = _device(args.device)
@@ -125,7 +160,7 @@ def bench(args: argparse.Namespace) -> int:
         model=model,
         random_weights=random_weights,
         transports=args.transports,
-        workload=Workload(tasks=args.tasks, chains=args.chains, turns=args.turns, new_tokens=args.new_tokens),
+        workload=Workload(tasks=args.tasks, chains=args.chains, turns=args.turns, new_tokens=args.new_tokens, template=args.template),
         concurrency_levels=args.concurrency,
         loop=args.backend_lib,
         work_dir=str(work_dir),
@@ -295,6 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--turns", type=_positive, default=3, help="model turns per episode")
     b.add_argument("--new-tokens", type=_positive, default=32, help="tokens sampled per turn (ignore_eos)")
     b.add_argument("--concurrency", type=_levels, default=(1, 4, 16), help="chains in flight, comma-separated levels")
+    b.add_argument("--template", type=_template_name, default="qwen2.5", help="the chat family whose prompts and splices the workload uses")
     b.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
     b.add_argument("--repeat", type=_positive, default=3, help="rounds per measurement (ours and raw alternate); medians reported")
     b.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
@@ -315,6 +351,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--work-dir", default=".cache/rollout", help="caches and temp files for local engines")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="settings of a local verl stack (see bench)")
     r.set_defaults(run=rollout_command)
+
+    t = commands.add_parser("templates", help=templates_command.__doc__)
+    t.set_defaults(run=templates_command)
 
     d = commands.add_parser("demo", help=demo.__doc__.splitlines()[0] if demo.__doc__ else None)
     d.add_argument("--requests", type=int, default=500)

@@ -262,3 +262,33 @@ def test_rollout_prints_a_summary(fake_server: FakeOpenAIServer, tmp_path: Path)
     assert "ran 3 chains: answer 2, error 1" in result.stderr
     assert "failed: PermanentError 1" in result.stderr
     assert re.search(r"tokens: \d+ prompt, \d+ completion", result.stderr)
+
+
+def test_templates_lists_every_family() -> None:
+    result = cli("templates", timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name, fmt in (("qwen2.5", "hermes"), ("qwen3", "<think>"), ("llama3", "llama3 JSON"), ("mistral", "[TOOL_CALLS]"), ("gpt-oss", "harmony"), ("hf", "vLLM parser"), ("qwen3-coder", "XML")):
+        assert any(line.startswith(name) and fmt in line for line in result.stdout.splitlines()), (name, result.stdout)
+
+
+def test_rollout_configs_name_a_template(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    from agentfly_min.runfile import load_agent
+
+    agent, _ = load_agent(agent_toml(tmp_path / "a.toml", fake_server, template='"qwen3"').read_bytes())
+    assert agent.template == "qwen3"
+    bad = agent_toml(tmp_path / "b.toml", fake_server, template='"qwen9"')
+    result = cli("rollout", "--config", str(bad), "--tasks", str(tasks_file(tmp_path / "t.jsonl", 1)), "--out", str(tmp_path / "o.jsonl"))
+    assert result.returncode == 2 and "no template named 'qwen9'" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_runs_a_familys_template_on_its_tiny_model(tmp_path: Path) -> None:
+    result = cli(
+        "bench", "--transports", "vllm", "--template", "llama3", "--tasks", "2", "--chains", "1", "--turns", "2",
+        "--new-tokens", "8", "--concurrency", "1", "--repeat", "1", "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = msgspec.json.decode((tmp_path / "bench.json").read_bytes(), type=BenchReport)
+    assert report.workload.template == "llama3" and "tiny-llama3" in report.model
+    assert [r.errors for r in report.results] == [0] and report.results[0].tokens == 2 * 2 * 8

@@ -22,7 +22,7 @@ import msgspec
 
 from ..errors import TransportError
 from ..records import FunctionCall, Generate, Message, Request, ToolCall
-from ..templates.qwen25 import GENERATION_PROMPT, IM_END, render, render_tool_results
+from ..templates import Template, Turn, get_template
 
 __all__ = ["Workload", "Conversation", "RunStats", "Step", "run_workload", "generate_step", "OBSERVATION"]
 
@@ -30,26 +30,34 @@ OBSERVATION = '{"result": 42, "note": "observation from the tool"}'
 
 
 class Workload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``template`` names the chat family whose prompts and splices the
+    conversations use, so a family's rendering cost shows in the figures."""
+
     tasks: int = 8
     chains: int = 2
     turns: int = 3
     new_tokens: int = 32
     concurrency: int = 4
+    template: str = "qwen2.5"
 
 
 class Conversation:
-    """One chain's growing context, as token ids and as messages."""
+    """One chain's growing context, as token ids and as messages, rendered
+    and spliced by ``template`` as the agent loop does it."""
 
-    def __init__(self, session: str, question: str, tokenizer: Any) -> None:
+    def __init__(self, session: str, question: str, tokenizer: Any, template: Template | None = None) -> None:
         self.session = session
         self.messages: list[Message] = [Message(role="user", content=question)]
         self._tokenizer = tokenizer
-        self.ids: list[int] = tokenizer.encode(render(self.messages), add_special_tokens=False)
+        self._template = template or get_template("qwen2.5")
+        self.ids: list[int] = self._template.prompt_ids(tokenizer, self.messages, ())
+        self._last: list[int] = []
         self.turns = 0
 
     def sampled(self, ids: list[int], text: str) -> None:
         """Record a model turn (and the tool call the workload adds to it)."""
         self.ids.extend(ids)
+        self._last = ids
         call = ToolCall(id=f"call_{self.turns}", function=FunctionCall(name="observe", arguments="{}"))
         self.messages.append(Message(role="assistant", content=text, tool_calls=(call,)))
         self.turns += 1
@@ -57,9 +65,9 @@ class Conversation:
     def observe(self) -> None:
         """Splice in the tool's answer to the last turn's call."""
         result = Message(role="tool", content=OBSERVATION, tool_call_id=f"call_{self.turns - 1}", name="observe")
+        turn = Turn(history=list(self.messages), sampled=self._last, results=[result], tools=())
         self.messages.append(result)
-        splice = IM_END + "\n" + render_tool_results([result]) + GENERATION_PROMPT
-        self.ids.extend(self._tokenizer.encode(splice, add_special_tokens=False))
+        self.ids.extend(self._template.between_ids(self._tokenizer, turn))
 
 
 Step = Callable[[Conversation, int], Awaitable[int]]
@@ -98,11 +106,12 @@ async def run_workload(
     ``workload.concurrency`` at once, and time it."""
     latencies: list[float] = []
     tokens = errors = 0
+    template = get_template(workload.template)
     limit = anyio.Semaphore(workload.concurrency)
 
     async def chain(task: int, index: int) -> None:
         nonlocal tokens, errors
-        conversation = Conversation(f"bench-{task}-{index}", f"Task {task}: what is {task} * 6?", tokenizer)
+        conversation = Conversation(f"bench-{task}-{index}", f"Task {task}: what is {task} * 6?", tokenizer, template)
         async with limit:
             for turn in range(workload.turns):
                 started = anyio.current_time()
