@@ -443,3 +443,17 @@ def test_mistral_and_gpt_oss_refuse_a_tokenizer_of_another_kind() -> None:
         get_template("mistral").check(tokenizer_for("qwen2.5"))
     with pytest.raises(ValueError, match="openai-harmony's encoding"):
         get_template("gpt-oss").check(tokenizer_for("qwen2.5"))
+
+
+@pytest.mark.anyio
+async def test_each_response_token_says_which_message_it_came_from() -> None:
+    tokenizer = tokenizer_for("qwen2.5")
+    agent = Agent(model_name_or_path="m", tools=[calculator], template="qwen2.5")
+    t = await run_agent(agent, sampling("qwen2.5", [CALL_TEXT["qwen2.5"], ANSWER_TEXT["qwen2.5"]], []), {"question": "q"}, tokenizer=tokenizer)
+    assert len(t.response_sources) == len(t.response_ids)
+    assert [m.role for m in t.messages] == ["user", "assistant", "tool", "assistant"]
+    by_message = {k: [i for i, s in zip(t.response_ids, t.response_sources, strict=True) if s == k] for k in (1, 2, 3)}
+    assert tokenizer.decode(by_message[1]) == CALL_TEXT["qwen2.5"] + "<|im_end|>"
+    assert tokenizer.decode(by_message[2]) == "\n<|im_start|>user\n<tool_response>\n4\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.decode(by_message[3]) == ANSWER_TEXT["qwen2.5"] + "<|im_end|>"
+    assert [s for s, m in zip(t.response_sources, t.response_mask, strict=True) if m] == [1] * len(by_message[1]) + [3] * len(by_message[3])

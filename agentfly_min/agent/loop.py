@@ -102,6 +102,7 @@ class _Tokens:
         self.prompt_ids = ids
         self.ids: list[int] = []
         self.mask: list[int] = []
+        self.sources: list[int] = []
         self.logprobs: list[float] | None = []
         self.versions: list[int] | None = []
         self._last: tuple[int, ...] = ()
@@ -109,11 +110,12 @@ class _Tokens:
     def context(self) -> tuple[int, ...]:
         return (*self.prompt_ids, *self.ids)
 
-    def sampled(self, output: Output) -> None:
+    def sampled(self, output: Output, message_index: int) -> None:
         ids = output.token_ids or ()
         self._last = tuple(ids)
         self.ids.extend(ids)
         self.mask.extend([1] * len(ids))
+        self.sources.extend([message_index] * len(ids))
         if self.logprobs is not None:
             if output.logprobs is not None and len(output.logprobs) == len(ids):
                 self.logprobs.extend(output.logprobs)
@@ -138,6 +140,7 @@ class _Tokens:
             ids = ids[: max(room or 0, 0)]
         self.ids.extend(ids)
         self.mask.extend([0] * len(ids))
+        self.sources.extend([len(history)] * len(ids))  # the first tool result of the round
         if self.logprobs is not None:
             self.logprobs.extend([0.0] * len(ids))
         if self.versions is not None:
@@ -302,7 +305,7 @@ class _Episode:
         output = completion.outputs[0]
         if self.tokens is not None and output.token_ids is not None:
             self.token_level = True
-            self.tokens.sampled(output)
+            self.tokens.sampled(output, len(self.messages))  # the assistant message this turn becomes
         return output
 
     def trajectory(self, reason: EpisodeEnd, *, error: str | None = None) -> Trajectory:
@@ -322,6 +325,7 @@ class _Episode:
             response_mask=tuple(tokens.mask) if tokens else (),
             response_logprobs=tuple(tokens.logprobs) if tokens and tokens.logprobs is not None else None,
             response_versions=tuple(tokens.versions) if tokens and tokens.versions is not None else None,
+            response_sources=tuple(tokens.sources) if tokens else (),
             error=error,
             tool_calls=self.tool_calls,
             tool_rounds=self.tool_rounds,

@@ -31,7 +31,11 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     standing in for missing values. ``response_versions`` is the policy
     version (verl's ``global_steps``) that sampled each token (-1 where the
     mask is 0), None unless the transport reported one for every sampled
-    token. The aligned fields have one entry per response token. The ids are
+    token. ``response_sources`` says which message each response token came
+    from (its index in ``messages``): a sampled token its assistant message,
+    a spliced one the first tool result of its round (the end of the turn
+    and the next generation prompt count with it), so masks for any purpose
+    can be built. The aligned fields have one entry per response token. The ids are
     the ones sampled; nothing was decoded and re-tokenised. With a text-only
     transport the response fields are empty and ``messages`` is the record.
 
@@ -66,6 +70,7 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     response_mask: tuple[int, ...] = ()
     response_logprobs: tuple[float, ...] | None = None
     response_versions: tuple[int, ...] | None = None
+    response_sources: tuple[int, ...] = ()
     prompt_tokens_dropped: int = 0
     reward: float | None = None
     reward_error: str | None = None
