@@ -180,3 +180,75 @@ async def test_family_episodes_through_a_vllm_server_and_its_tool_parser(family_
         call = t.messages[1].calls[0]
         assert call.function.name == "calculator" and call.id  # parsed by the server's parser
         assert t.messages[2].role == "tool" and t.messages[2].text.isdigit()
+
+
+# --- Mistral: mistral_common's Tekken tokenizer in vLLM (tokenizer_mode="mistral") ---
+
+MISTRAL_CALL = r'\[\{"name": "calculator", "arguments": \{"expression": "[1-9]\+[1-9]"\}, "id": "[a-z]{9}"\}\]'
+
+
+@pytest.fixture(scope="module")
+def mistral_engine() -> Iterator[VLLMEngine]:
+    before = {p.pid for p in engine_children()}
+    config = msgspec.structs.replace(ENGINE_CONFIG, engine_args={**ENGINE_CONFIG.engine_args, "tokenizer_mode": "mistral"})
+    engine = VLLMEngine.start(config, tiny_model(CACHE, family="mistral"))
+    children = [p for p in engine_children() if p.pid not in before]
+    yield engine
+    engine.close()
+    assert_gone(children)
+
+
+async def test_mistral_episodes_on_the_vllm_engine_are_token_exact(mistral_engine: VLLMEngine) -> None:
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+    from agentfly_min import Output
+    from agentfly_min.templates.mistral import _tools, mistral_messages, tekken
+
+    tokenizer = tekken()
+    tool_calls_id = tokenizer.instruct_tokenizer.tokenizer.get_special_token("[TOOL_CALLS]")
+    inner = vllm_generate(mistral_engine)
+    record: dict[str, list[tuple[Request, Completion]]] = {}
+
+    async def forcing_mistral(request: Request) -> Completion:
+        """The random model's first turn, forced: the [TOOL_CALLS] control token
+        (a logit bias; no regex can name a control token), then the call's JSON
+        (a regex), as one turn."""
+        assert request.request_id is not None and request.prompt_ids is not None
+        if len(request.messages) == 1:
+            head = await inner(msgspec.structs.replace(request, max_new_tokens=1, logit_bias={tool_calls_id: 100.0}))
+            head_ids = head.outputs[0].token_ids or ()
+            body = await inner(msgspec.structs.replace(request, prompt_ids=(*request.prompt_ids, *head_ids), regex=MISTRAL_CALL))
+            first, rest = head.outputs[0], body.outputs[0]
+            joined = Output(
+                text=first.text + rest.text, finish_reason=rest.finish_reason,
+                token_ids=(*head_ids, *(rest.token_ids or ())), logprobs=(*(first.logprobs or ()), *(rest.logprobs or ())),
+            )  # fmt: skip
+            completion = Completion(outputs=(joined,))
+        else:
+            completion = await inner(request)
+        record.setdefault(request.request_id, []).append((request, completion))
+        return completion
+
+    agent = Agent(model_name_or_path="mistral", tools=[calculator], template="mistral", max_turns=2, max_new_tokens=64)
+    trajectories = await rollout(agent, forcing_mistral, [{"id": f"m{i}", "question": f"{i}+{i}?"} for i in range(2)], n=2, tokenizer=tokenizer)
+    for t in trajectories:
+        assert t.error is None, t.error
+        assert t.token_level and t.num_turns == 2 and t.tool_calls == 1 and t.messages[2].text.isdigit()
+        turns = record[t.request_id]
+        sampled = [list(c.outputs[0].token_ids or ()) for _, c in turns]
+        assert sampled[0][0] == tool_calls_id  # the call's control token, kept though a transport's text drops it
+        assert [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m] == [i for s in sampled for i in s]
+        assert len(t.messages[1].calls[0].id) == 9  # the id the model wrote
+        # The second prompt is what Mistral's renderer writes for the conversation: the same text,
+        # and the same ids outside what was sampled (the constrained sampler spells the JSON
+        # in other pieces than a fresh encoding would; the sampled ids are the ones kept).
+        from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
+
+        request = ChatCompletionRequest(messages=mistral_messages(t.messages[:3]), tools=_tools([calculator.schema]))
+        rendered = tokenizer.encode_chat_completion(request).tokens
+        second = list(turns[1][0].prompt_ids or ())
+        decode = tokenizer.instruct_tokenizer.tokenizer.decode
+        assert decode(second, special_token_policy=SpecialTokenPolicy.KEEP) == decode(rendered, special_token_policy=SpecialTokenPolicy.KEEP)
+        assert second[: len(t.prompt_ids)] == rendered[: len(t.prompt_ids)] == list(t.prompt_ids)
+        between = get_template("mistral").between_ids(tokenizer, Turn(history=t.messages[:2], sampled=sampled[0], results=t.messages[2:3], tools=(calculator.schema,)))
+        assert second == [*t.prompt_ids, *sampled[0], *between] and rendered[len(rendered) - len(between) :] == between

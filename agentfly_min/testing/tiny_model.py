@@ -5,7 +5,8 @@ the family's special tokens and chat template (tool calls included), builds
 a model of that family's architecture with about 0.8 M parameters and random
 bfloat16 weights (``Qwen2ForCausalLM`` for ``"qwen2.5"``,
 ``Qwen3ForCausalLM`` for ``"qwen3"``, ``LlamaForCausalLM`` for
-``"llama3"``), and saves both in the layout vLLM and transformers load from
+``"llama3"``; for ``"mistral"``, Mistral's real Tekken tokenizer from
+``mistral_common`` and a ``MistralForCausalLM``), and saves both in the layout vLLM and transformers load from
 a path. It is deterministic for a seed and cached: the second call returns
 at once.
 
@@ -32,7 +33,7 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TOOL_TOKENS = ("<tool_call>", "</tool_call>")
 _VOCAB = 1024
 
-Family: TypeAlias = Literal["qwen2.5", "qwen3", "llama3"]
+Family: TypeAlias = Literal["qwen2.5", "qwen3", "llama3", "mistral"]
 
 
 class _Recipe(NamedTuple):
@@ -72,7 +73,26 @@ _RECIPES: dict[str, _Recipe] = {
         "llama",
     ),  # fmt: skip
 }
-FAMILIES: tuple[str, ...] = tuple(_RECIPES)
+FAMILIES: tuple[str, ...] = (*_RECIPES, "mistral")
+
+
+def _build_mistral(folder: Path, seed: int) -> None:
+    """Mistral's real Tekken tokenizer (shipped with ``mistral_common``) and
+    a tiny ``MistralForCausalLM`` over its 131,072 ids; vLLM loads it with
+    ``tokenizer_mode="mistral"``."""
+    import mistral_common
+    import torch
+    from transformers import GenerationConfig, MistralConfig, MistralForCausalLM
+
+    shutil.copy(Path(mistral_common.__file__).parent / "data" / "tekken_240911.json", folder / "tekken.json")
+    config = MistralConfig(
+        vocab_size=131072, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=2048, tie_word_embeddings=True, sliding_window=None,
+        bos_token_id=1, eos_token_id=2, pad_token_id=11, dtype="bfloat16",
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    MistralForCausalLM(config).bfloat16().save_pretrained(str(folder), safe_serialization=True)  # type: ignore[no-untyped-call]
+    GenerationConfig(eos_token_id=2, bos_token_id=1, pad_token_id=11).save_pretrained(str(folder))  # type: ignore[no-untyped-call]
 
 
 def default_cache_dir() -> Path:
@@ -188,32 +208,40 @@ def _build_model(folder: Path, family: str, vocab_size: int, seed: int, stop_ids
     generation.save_pretrained(str(folder))
 
 
+def _build_family(folder: Path, family: str, seed: int) -> None:
+    from transformers import AutoTokenizer
+
+    recipe = _RECIPES[family]
+    vocab = _build_tokenizer(folder, random.Random(seed), family)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+    def token_id(token: str) -> int:
+        found = tokenizer.convert_tokens_to_ids(token)
+        assert isinstance(found, int), token
+        return found
+
+    stop_ids = [token_id(t) for t in recipe.stops]
+    _build_model(folder, family, vocab, seed, stop_ids, token_id(recipe.pad), token_id(recipe.bos or recipe.eos))
+
+
 def tiny_model(cache_dir: Path | str | None = None, *, seed: int = 0, family: Family = "qwen2.5") -> Path:
     """Build (once) and return the folder of a tiny random model of
     ``family`` with that family's special tokens and chat template.
     ``cache_dir`` defaults to :func:`default_cache_dir`. Needs ``torch``,
     ``transformers`` and ``tokenizers`` (the ``vllm`` extra has them); no
     network."""
-    recipe = _RECIPES[family]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = root / f"{recipe.folder}-v{_VERSION}-seed{seed}"
+    stem = "tiny-mistral" if family == "mistral" else _RECIPES[family].folder
+    folder = root / f"{stem}-v{_VERSION}-seed{seed}"
     if (folder / "config.json").exists():
         return folder
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
     try:
-        rng = random.Random(seed)
-        vocab = _build_tokenizer(staging, rng, family)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(staging))
-        def token_id(token: str) -> int:
-            found = tokenizer.convert_tokens_to_ids(token)
-            assert isinstance(found, int), token
-            return found
-
-        stop_ids = [token_id(t) for t in recipe.stops]
-        _build_model(staging, family, vocab, seed, stop_ids, token_id(recipe.pad), token_id(recipe.bos or recipe.eos))
+        if family == "mistral":
+            _build_mistral(staging, seed)
+        else:
+            _build_family(staging, family, seed)
         try:
             staging.rename(folder)  # atomic: a half-built folder is never seen
         except OSError:
