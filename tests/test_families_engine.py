@@ -252,3 +252,63 @@ async def test_mistral_episodes_on_the_vllm_engine_are_token_exact(mistral_engin
         assert second[: len(t.prompt_ids)] == rendered[: len(t.prompt_ids)] == list(t.prompt_ids)
         between = get_template("mistral").between_ids(tokenizer, Turn(history=t.messages[:2], sampled=sampled[0], results=t.messages[2:3], tools=(calculator.schema,)))
         assert second == [*t.prompt_ids, *sampled[0], *between] and rendered[len(rendered) - len(between) :] == between
+
+
+# --- gpt-oss: harmony's ids in vLLM (no tokenizer file: skip_tokenizer_init) ---
+
+
+@pytest.fixture(scope="module")
+def harmony_engine() -> Iterator[VLLMEngine]:
+    before = {p.pid for p in engine_children()}
+    config = msgspec.structs.replace(ENGINE_CONFIG, engine_args={**ENGINE_CONFIG.engine_args, "skip_tokenizer_init": True})
+    engine = VLLMEngine.start(config, tiny_model(CACHE, family="gpt-oss"))
+    children = [p for p in engine_children() if p.pid not in before]
+    yield engine
+    engine.close()
+    assert_gone(children)
+
+
+async def test_gpt_oss_episodes_on_the_vllm_engine_are_token_exact(harmony_engine: VLLMEngine) -> None:
+    from openai_harmony import Role
+
+    from agentfly_min import Output
+    from agentfly_min.templates.harmony import encoding, harmony_conversation
+
+    enc = encoding()
+    call = enc.encode(
+        "<|channel|>analysis<|message|>Add them.<|end|><|start|>assistant<|channel|>commentary to=functions.calculator "
+        '<|constrain|>json<|message|>{"expression": "3+4"}<|call|>',
+        allowed_special="all",
+    )
+    inner = vllm_generate(harmony_engine)
+    record: dict[str, list[tuple[Request, Completion]]] = {}
+
+    async def forcing_harmony(request: Request) -> Completion:
+        """The random model's first turn, forced token by token with a logit bias
+        (no tokenizer in the engine, so no regex): a harmony call."""
+        assert request.request_id is not None and request.prompt_ids is not None
+        if len(request.messages) == 1:
+            ids: list[int] = []
+            logprobs: list[float] = []
+            for token in call:
+                step = await inner(msgspec.structs.replace(request, prompt_ids=(*request.prompt_ids, *ids), max_new_tokens=1, logit_bias={token: 100.0}))
+                ids.extend(step.outputs[0].token_ids or ())
+                logprobs.extend(step.outputs[0].logprobs or ())
+            completion = Completion(outputs=(Output(text="", finish_reason="stop", token_ids=tuple(ids), logprobs=tuple(logprobs)),))
+        else:
+            completion = await inner(request)
+        record.setdefault(request.request_id, []).append((request, completion))
+        return completion
+
+    agent = Agent(model_name_or_path="gpt-oss", tools=[calculator], template="gpt-oss", max_turns=2, max_new_tokens=24)
+    trajectories = await rollout(agent, forcing_harmony, [{"id": "h0", "question": "3+4?"}], n=2, tokenizer=enc)
+    for t in trajectories:
+        assert t.error is None, t.error
+        assert t.token_level and t.num_turns == 2 and t.tool_calls >= 1
+        assert t.messages[1].reasoning_content == "Add them." and t.messages[2].text == "7"
+        turns = record[t.request_id]
+        sampled = [list(c.outputs[0].token_ids or ()) for _, c in turns]
+        assert sampled[0] == call  # the engine sampled the forced call, read back from its ids
+        assert [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m] == [i for s in sampled for i in s]
+        expected = enc.render_conversation_for_completion(harmony_conversation(t.messages[:3], [calculator.schema]), Role.ASSISTANT)
+        assert turns[1][0].prompt_ids is not None and list(turns[1][0].prompt_ids) == list(expected)  # harmony's own render

@@ -6,7 +6,9 @@ a model of that family's architecture with about 0.8 M parameters and random
 bfloat16 weights (``Qwen2ForCausalLM`` for ``"qwen2.5"``,
 ``Qwen3ForCausalLM`` for ``"qwen3"``, ``LlamaForCausalLM`` for
 ``"llama3"``; for ``"mistral"``, Mistral's real Tekken tokenizer from
-``mistral_common`` and a ``MistralForCausalLM``), and saves both in the layout vLLM and transformers load from
+``mistral_common`` and a ``MistralForCausalLM``; for ``"gpt-oss"`` a
+``LlamaForCausalLM`` over the harmony encoding's ids, with no tokenizer
+file), and saves both in the layout vLLM and transformers load from
 a path. It is deterministic for a seed and cached: the second call returns
 at once.
 
@@ -33,7 +35,7 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TOOL_TOKENS = ("<tool_call>", "</tool_call>")
 _VOCAB = 1024
 
-Family: TypeAlias = Literal["qwen2.5", "qwen3", "llama3", "mistral"]
+Family: TypeAlias = Literal["qwen2.5", "qwen3", "llama3", "mistral", "gpt-oss"]
 
 
 class _Recipe(NamedTuple):
@@ -73,7 +75,30 @@ _RECIPES: dict[str, _Recipe] = {
         "llama",
     ),  # fmt: skip
 }
-FAMILIES: tuple[str, ...] = (*_RECIPES, "mistral")
+FAMILIES: tuple[str, ...] = (*_RECIPES, "mistral", "gpt-oss")
+
+
+def _build_gpt_oss(folder: Path, seed: int) -> None:
+    """A tiny ``LlamaForCausalLM`` over the ids of gpt-oss's harmony
+    encoding (``openai-harmony``); there is no tokenizer file: vLLM runs it
+    with ``skip_tokenizer_init`` and the gpt-oss template encodes and reads
+    every turn with the harmony encoding."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from ..templates.harmony import encoding
+
+    enc = encoding()
+    stops = list(enc.stop_tokens_for_assistant_actions())  # <|return|> and <|call|>
+    pad = enc.encode("<|endoftext|>", allowed_special="all")[0]
+    config = LlamaConfig(
+        vocab_size=201088, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=pad, eos_token_id=stops, pad_token_id=pad, dtype="bfloat16",
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).bfloat16().save_pretrained(str(folder), safe_serialization=True)  # type: ignore[no-untyped-call]
+    GenerationConfig(eos_token_id=stops, bos_token_id=pad, pad_token_id=pad).save_pretrained(str(folder))  # type: ignore[no-untyped-call]
 
 
 def _build_mistral(folder: Path, seed: int) -> None:
@@ -231,7 +256,7 @@ def tiny_model(cache_dir: Path | str | None = None, *, seed: int = 0, family: Fa
     ``transformers`` and ``tokenizers`` (the ``vllm`` extra has them); no
     network."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    stem = "tiny-mistral" if family == "mistral" else _RECIPES[family].folder
+    stem = f"tiny-{family}" if family in ("mistral", "gpt-oss") else _RECIPES[family].folder
     folder = root / f"{stem}-v{_VERSION}-seed{seed}"
     if (folder / "config.json").exists():
         return folder
@@ -240,6 +265,8 @@ def tiny_model(cache_dir: Path | str | None = None, *, seed: int = 0, family: Fa
     try:
         if family == "mistral":
             _build_mistral(staging, seed)
+        elif family == "gpt-oss":
+            _build_gpt_oss(staging, seed)
         else:
             _build_family(staging, family, seed)
         try:

@@ -123,7 +123,9 @@ class VLLMEngine:
             thread.stop()
             raise
         try:
-            tokenizer = engine.get_tokenizer()
+            # With skip_tokenizer_init (a model whose tokenizer vLLM cannot load,
+            # e.g. one only a template's library encodes), requests bring prompt_ids.
+            tokenizer = None if config.engine_args.get("skip_tokenizer_init") else engine.get_tokenizer()
             max_len = int(engine.model_config.max_model_len)
         except BaseException:
             thread.call_blocking(engine.shutdown)
@@ -203,7 +205,7 @@ def _output(choice: Any, with_logprobs: bool) -> Output:
     if with_logprobs and choice.logprobs is not None:
         logprobs = tuple(step[token].logprob for token, step in zip(ids, choice.logprobs, strict=True))
     return Output(
-        text=choice.text, finish_reason=finish_reason(choice.finish_reason), token_ids=ids, logprobs=logprobs
+        text=choice.text or "", finish_reason=finish_reason(choice.finish_reason), token_ids=ids, logprobs=logprobs
     )
 
 
@@ -230,6 +232,8 @@ def vllm_generate(engine: VLLMEngine) -> Generate:
     async def generate(request: Request) -> Completion:
         if engine.closed:
             raise TransportClosedError("this vLLM transport was used after its engine was shut down")
+        if engine.tokenizer is None and request.prompt_ids is None:
+            raise PermanentError("this engine has no tokenizer (skip_tokenizer_init): send prompt_ids")
         prompt = prompt_ids(engine.tokenizer, request)
         try:
             params = _sampling_params(request, len(prompt), engine.max_model_len)
