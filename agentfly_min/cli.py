@@ -36,7 +36,7 @@ def _prepare_environment(work_dir: Path, *, offline: bool) -> None:
     # offline only for a local model folder, and only if not set already.
     import tempfile
 
-    from .testing.vllm_cpu import cpu_environment
+    from .local import cpu_environment
 
     os.environ.update(cpu_environment(work_dir, offline=offline))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the table readable
@@ -120,7 +120,7 @@ def _not_a_model(path: Path) -> str | None:
 
 
 def _device(choice: str) -> Literal["cpu", "cuda"]:
-    from .testing.vllm_cpu import detect_device
+    from .local import detect_device
 
     if choice == "auto":
         return detect_device()

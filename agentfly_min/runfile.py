@@ -223,7 +223,7 @@ async def _transport(
         return
     import anyio
 
-    from .testing.verl_cpu import VerlCluster
+    from .local.verl_cluster import VerlCluster
 
     cluster = VerlCluster(spec.model, work_dir=work_dir, device=device)
     await anyio.to_thread.run_sync(cluster.__enter__)

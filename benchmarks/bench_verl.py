@@ -16,7 +16,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from agentfly_min import AsyncVerlConfig, Request
-from agentfly_min.testing.verl_cpu import VerlCluster
+from agentfly_min.local.verl_cluster import VerlCluster
 from agentfly_min.transports.verl import open_verl
 
 from .conftest import WORK, RatioReporter

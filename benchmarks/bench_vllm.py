@@ -15,7 +15,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from agentfly_min import Request
-from agentfly_min.testing.vllm_cpu import cpu_engine_config
+from agentfly_min.local import cpu_engine_config
 from agentfly_min.transports.vllm import VLLMEngine, vllm_generate
 
 from .conftest import RatioReporter

@@ -14,7 +14,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from agentfly_min import ClientConfig, Message, Request, open_backend
-from agentfly_min.testing.vllm_cpu import VLLMServer
+from agentfly_min.local import VLLMServer
 
 from .conftest import WORK, RatioReporter
 

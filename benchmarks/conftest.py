@@ -18,7 +18,7 @@ def pytest_configure(config: pytest.Config) -> None:
     import os
     import tempfile
 
-    from agentfly_min.testing.vllm_cpu import cpu_environment
+    from agentfly_min.local import cpu_environment
 
     os.environ.update(cpu_environment(WORK))
     tempfile.tempdir = None

@@ -151,7 +151,7 @@ def test_bench_interrupted_from_a_terminal_leaves_a_summary_and_nothing_running(
 
     import psutil
 
-    from agentfly_min.testing._shm import shm_entries
+    from agentfly_min.local._shm import shm_entries
 
     from .vllm_support import assert_gone
 
@@ -203,7 +203,7 @@ def test_bench_refuses_a_path_that_is_not_a_model_in_one_line(tmp_path: Path) ->
 def test_local_stacks_pick_cpu_settings_only_without_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from agentfly_min.testing.vllm_cpu import VLLMServer, cpu_environment, detect_device, local_engine_config
+    from agentfly_min.local import VLLMServer, cpu_environment, detect_device, local_engine_config
 
     assert detect_device() == ("cuda" if torch.cuda.is_available() else "cpu")
     assert local_engine_config("cpu").kv_cache_memory_bytes == 128 << 20

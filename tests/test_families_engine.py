@@ -15,7 +15,7 @@ import pytest
 from agentfly_min import Agent, AsyncVerlConfig, Completion, Generate, Request, rollout
 from agentfly_min.templates import Turn, get_template
 from agentfly_min.testing import tiny_model
-from agentfly_min.testing.verl_cpu import VerlCluster
+from agentfly_min.local.verl_cluster import VerlCluster
 from agentfly_min.tools import calculator
 from agentfly_min.transports.verl import open_verl
 from agentfly_min.transports.vllm import VLLMEngine, vllm_generate
@@ -147,7 +147,7 @@ FORCED_CALL_ONLY = {
 
 @pytest.fixture(scope="module", params=["qwen3", "llama3"])
 def family_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
-    from agentfly_min.testing.vllm_cpu import VLLMServer
+    from agentfly_min.local import VLLMServer
 
     family: str = request.param
     model = tiny_model(CACHE, family=family)  # type: ignore[arg-type]

@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 from agentfly_min import Agent, AsyncVerlConfig, Completion, Generate, Request, TransientError, rollout
-from agentfly_min.testing._shm import shm_entries
-from agentfly_min.testing.verl_cpu import VerlCluster
+from agentfly_min.local._shm import shm_entries
+from agentfly_min.local.verl_cluster import VerlCluster
 from agentfly_min.tools import calculator
 from agentfly_min.transports.verl import open_verl
 

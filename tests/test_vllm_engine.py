@@ -27,7 +27,7 @@ from agentfly_min import (
     rollout,
     run_agent,
 )
-from agentfly_min.testing._shm import shm_entries
+from agentfly_min.local._shm import shm_entries
 from agentfly_min.tools import calculator
 from agentfly_min.transports.vllm import VLLMEngine, open_vllm, vllm_generate
 

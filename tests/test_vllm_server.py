@@ -22,8 +22,8 @@ from agentfly_min import (
     open_backend,
     rollout,
 )
-from agentfly_min.testing._shm import shm_entries
-from agentfly_min.testing.vllm_cpu import VLLMServer
+from agentfly_min.local._shm import shm_entries
+from agentfly_min.local import VLLMServer
 
 from .conftest import WORK
 from .support import says

@@ -6,7 +6,7 @@ import time
 
 import psutil
 
-from agentfly_min.testing.vllm_cpu import cpu_engine_config
+from agentfly_min.local import cpu_engine_config
 
 # What runs on a 2-core CPU machine (see shared/NOTES-vllm-cpu.md).
 ENGINE_CONFIG = cpu_engine_config()

@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from .._text import a_or_an
 from .._validation import require
-from ..configs import AsyncVerlConfig, AsyncVLLMConfig, BackendConfig, ClientConfig
+from ..configs import AsyncVerlConfig, AsyncVLLMConfig, ClientConfig
 from ..errors import ConfigError
 from ..templates import TemplateName, get_template
 from ..tools import Tool

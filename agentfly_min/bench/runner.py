@@ -84,7 +84,7 @@ Runner = Callable[[Workload, Callable[[], None]], RunStats]
 
 @contextmanager
 def _vllm(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
-    from ..testing.vllm_cpu import local_engine_config
+    from ..local import local_engine_config
 
     engine = VLLMEngine.start(local_engine_config(options.device), options.model)
     try:
@@ -106,7 +106,7 @@ def _vllm(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runne
 def _client(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
     import openai
 
-    from ..testing.vllm_cpu import VLLMServer
+    from ..local import VLLMServer
 
     with VLLMServer(options.model, work_dir=Path(options.work_dir), max_model_len=1024, device=options.device) as server:
         config = ClientConfig(base_url=server.base_url, model=server.model, timeout=300)
@@ -127,7 +127,7 @@ def _client(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Run
 
 @contextmanager
 def _verl(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
-    from ..testing.verl_cpu import VerlCluster
+    from ..local.verl_cluster import VerlCluster
 
     with VerlCluster(options.model, work_dir=Path(options.work_dir), device=options.device) as cluster:
 

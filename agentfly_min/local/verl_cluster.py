@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._shm import shm_entries, sweep_shm
-from .vllm_cpu import Device, cpu_environment
+from .environment import Device, cpu_environment
 
 __all__ = ["VerlCluster"]
 
