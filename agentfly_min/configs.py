@@ -156,6 +156,16 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     to back, after which they are spaced ``60 / max_requests_per_minute``
     seconds apart. ``max_retry_after`` caps how long a server's
     ``Retry-After`` is obeyed; a longer one ends the retries.
+
+    ``token_ids``: a request that carries ``prompt_ids`` (the agent loop's,
+    with a tokenizer) goes to ``/v1/completions`` with the ids as the prompt,
+    and the sampled ids and their logprobs come back (vLLM's
+    ``return_token_ids``), so trajectories over HTTP are token-exact; a
+    server that cannot do it is a clear error at the first request. Off, the
+    chat endpoint is used, for text-only use and non-vLLM servers.
+    ``session_header`` carries the request id (a trajectory's, on every
+    turn): vLLM's router keeps a session on one server by it
+    (``x-session-id``); None sends none.
     """
 
     base_url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+\S*$")] = "http://localhost:8000/v1"
@@ -176,6 +186,8 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_retries: Annotated[int, Meta(ge=0)] = 5
     max_retry_after: _PositiveFloat = 60.0
     max_concurrency: _PositiveInt | None = None
+    token_ids: bool = False
+    session_header: Annotated[str, Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")] | None = "x-session-id"
 
     def __post_init__(self) -> None:
         key: object = self.api_key

@@ -145,8 +145,10 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     structured outputs; sent to OpenAI-compatible vLLM servers as
     ``structured_outputs``), e.g. to force the shape of a tool call.
     ``prompt_ids`` lets token-level transports (vLLM, verl) skip rendering;
-    text transports ignore it. ``request_id`` names the request (and, for verl,
-    the session that keeps a trajectory on one server).
+    text transports ignore it. ``request_id`` names the request and the
+    session that keeps a trajectory on one server (verl's balancer, or an
+    HTTP router through a header): 1 to 256 visible ASCII characters, so any
+    header can carry it.
     """
 
     messages: tuple[Message, ...] = ()
@@ -163,7 +165,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     logit_bias: dict[int, float] | None = None
     regex: str | None = None
     prompt_ids: tuple[int, ...] | None = None
-    request_id: str | None = None
+    request_id: Annotated[str, Meta(pattern=r"^[!-~]{1,256}$")] | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -216,9 +218,10 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     and why each failed attempt failed (``retries``), and the seconds the
     rate limiter held the request back (``rate_limit_seconds``).
 
-    ``prompt_ids`` are the prompt's token ids when the transport tokenised it;
-    ``weight_version`` is the policy version that sampled it (verl's
-    ``global_steps``), when known.
+    ``prompt_ids`` are the prompt's token ids as the server saw them, when
+    the transport knows them; ``weight_version`` is the policy version that
+    sampled it (verl's ``global_steps``), when known; ``server`` names the
+    server that answered, when it said (a fleet's servers do).
     """
 
     outputs: Annotated[tuple[Output, ...], Meta(min_length=1)]
@@ -229,6 +232,7 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     model: str = ""
     prompt_ids: tuple[int, ...] | None = None
     weight_version: int | None = None
+    server: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Container, Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ from .trajectory import EpisodeEnd, Trajectory
 __all__ = ["Tokenizer", "Progress", "run_agent", "rollout", "rollout_stream", "task_messages", "task_id"]
 
 _log = logging.getLogger("agentfly_min.agent")
+_HEADER_UNSAFE = re.compile(r"[^!-~]")
 _tool_log = logging.getLogger("agentfly_min.tools")
 
 
@@ -276,6 +278,8 @@ class _Episode:
         self.tool_errors: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
         self.rate_limit_seconds = 0.0
+        self.servers: list[str] = []
+        self.prompt_mismatches: list[tuple[int, int]] = []
         self.versions: list[int] = []
         self.turn_seconds: list[float] = []
         self.tool_seconds = 0.0
@@ -291,8 +295,15 @@ class _Episode:
             limits.append(self.agent.max_response_tokens - len(self.tokens.ids))
         return min(limits) if limits else None
 
-    def took(self, completion: Completion, seconds: float) -> Output:
+    def took(self, request: Request, completion: Completion, seconds: float) -> Output:
         """Record a model turn; return its (first) output."""
+        if completion.server is not None:
+            self.servers.append(completion.server)
+        sent, seen = request.prompt_ids, completion.prompt_ids
+        if sent is not None and seen is not None and tuple(sent) != tuple(seen):
+            at = next((k for k, (a, b) in enumerate(zip(sent, seen, strict=False)) if a != b), min(len(sent), len(seen)))
+            self.prompt_mismatches.append((self.turns, at))
+            _log.warning("%s: turn %d: the server saw other prompt ids than were sent (first difference at %d)", self.session, self.turns, at)
         self.turn_seconds.append(seconds)
         self.turns += 1
         self.attempts += completion.attempts
@@ -335,6 +346,9 @@ class _Episode:
             attempts=self.attempts,
             retries=dict(self.retries),
             rate_limit_seconds=self.rate_limit_seconds,
+            servers=tuple(self.servers),
+            session_moves=sum(1 for a, b in zip(self.servers, self.servers[1:], strict=False) if a != b),
+            prompt_mismatches=tuple(self.prompt_mismatches),
             weight_versions=tuple(self.versions),
             turn_seconds=tuple(self.turn_seconds),
             tool_seconds=self.tool_seconds,
@@ -374,7 +388,7 @@ async def _turns(episode: _Episode, generate: Generate) -> tuple[EpisodeEnd, str
             return "error", _failure(exc)
         if not completion.outputs:  # a Completion built around its own checks
             return "error", "MalformedResponseError: the transport returned no outputs"
-        output = episode.took(completion, anyio.current_time() - started)
+        output = episode.took(request, completion, anyio.current_time() - started)
         text = output.text
         if episode.template.decode is not None and tokens is not None and output.token_ids is not None:
             text = episode.template.decode(episode.tokenizer, output.token_ids)
@@ -436,7 +450,8 @@ async def run_agent(
     reward (or a NaN one) sets ``reward_error``.
     """
     ident = task_id if task_id is not None else str(task.get("id", "0"))
-    session = request_id or f"{ident}-{chain_index}-{uuid.uuid4().hex[:12]}"
+    # The session id travels in headers (a router's affinity key): visible ASCII, bounded.
+    session = request_id or f"{_HEADER_UNSAFE.sub('_', ident)[:200]}-{chain_index}-{uuid.uuid4().hex[:12]}"
     episode = _Episode(agent, ident, chain_index, session, tokenizer)
     try:
         try:

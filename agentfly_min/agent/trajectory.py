@@ -49,7 +49,13 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     episode went on. ``attempts`` sums the transport attempts of all turns,
     ``retries`` counts the retried failures by reason (``"HTTP 429"``,
     ``"timeout"``, ...), and ``rate_limit_seconds`` is the time turns waited
-    for the rate limiter.
+    for the rate limiter. ``servers`` names the server of each turn where the
+    transport knows it (a fleet's do) and ``session_moves`` counts the times
+    the session changed server (each one lost its prefix cache).
+    ``prompt_mismatches`` lists ``(turn, first differing position)`` for
+    every turn whose server reported other prompt ids than were sent: the
+    trajectory's ids are ours, and such a turn was sampled from something
+    else, so a trainer should know.
     ``weight_versions`` are the policy versions that sampled each turn (the
     newest one per turn), when the transport knows them. ``turn_seconds`` is
     the wall time of each model call, ``tool_seconds`` and ``reward_seconds``
@@ -83,6 +89,9 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     attempts: int = 0
     retries: dict[str, int] = {}
     rate_limit_seconds: float = 0.0
+    servers: tuple[str, ...] = ()
+    session_moves: int = 0
+    prompt_mismatches: tuple[tuple[int, int], ...] = ()
     weight_versions: tuple[int, ...] = ()
     turn_seconds: tuple[float, ...] = ()
     tool_seconds: float = 0.0

@@ -20,6 +20,7 @@ import openai
 
 from ..configs import ClientConfig, Secret
 from ..errors import ConfigError, ContextLengthError, MalformedResponseError, PermanentError, TransientError, TransportError
+from ..local.server_id import HEADER as SERVER_HEADER
 from ._finish import finish_reason
 from ..middleware import compose, concurrency_limit, estimate_tokens, rate_limit, retry, timeout
 from ..records import (
@@ -87,6 +88,29 @@ class _WireCompletion(msgspec.Struct, frozen=True):
 
 
 _decoder = msgspec.json.Decoder(_WireCompletion)
+
+
+# What we read of a /completions body from vLLM with return_token_ids.
+class _WireTextLogprobs(msgspec.Struct, frozen=True):
+    token_logprobs: list[float | None] | None = None
+
+
+class _WireTextChoice(msgspec.Struct, frozen=True):
+    text: str = ""
+    index: int = 0
+    finish_reason: str | None = None
+    logprobs: _WireTextLogprobs | None = None
+    token_ids: list[int] | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+class _WireTextCompletion(msgspec.Struct, frozen=True):
+    choices: list[_WireTextChoice]
+    model: str = ""
+    usage: _WireUsage | None = None
+
+
+_text_decoder = msgspec.json.Decoder(_WireTextCompletion)
 
 
 
@@ -217,16 +241,114 @@ def _completion(body: bytes, status: int) -> Completion:
     )
 
 
+def _headers(config: ClientConfig, request: Request) -> dict[str, str] | None:
+    # The session key rides on every turn, so a sticky router keeps a
+    # trajectory on the server that holds its prefix cache.
+    if config.session_header is None or request.request_id is None:
+        return None
+    return {config.session_header: request.request_id}
+
+
+def _text_body(config: ClientConfig, model: str, request: Request) -> dict[str, Any]:
+    assert request.prompt_ids is not None
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": list(request.prompt_ids),
+        "temperature": config.temperature if request.temperature is None else request.temperature,
+        "top_p": config.top_p if request.top_p is None else request.top_p,
+        "max_tokens": config.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens,
+    }
+    if request.n != 1:
+        body["n"] = request.n
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.logprobs:
+        body["logprobs"] = 0  # the sampled token's own logprob, no alternatives
+    if request.logit_bias:
+        body["logit_bias"] = {str(k): v for k, v in request.logit_bias.items()}
+    return body
+
+
+def _text_output(choice: _WireTextChoice, want_logprobs: bool, status: int) -> Output:
+    if choice.token_ids is None:
+        raise PermanentError(
+            "the server returned no token ids for a token-id prompt: token-level requests (ClientConfig.token_ids) "
+            "need a vLLM server that honours return_token_ids",
+            status=status,
+        )
+    logprobs = None
+    if want_logprobs:
+        given = choice.logprobs.token_logprobs if choice.logprobs is not None else None
+        if given is None or len(given) != len(choice.token_ids) or any(lp is None for lp in given):
+            raise MalformedResponseError("the server returned no logprob for every sampled token", status=status)
+        logprobs = tuple(float(lp) for lp in given if lp is not None)
+    return Output(
+        text=choice.text,
+        finish_reason=finish_reason(choice.finish_reason),
+        token_ids=tuple(choice.token_ids),
+        logprobs=logprobs,
+    )
+
+
+def _text_completion(body: bytes, status: int, want_logprobs: bool) -> Completion:
+    try:
+        wire = _text_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedResponseError(f"unreadable completion ({exc}): {body[:200]!r}", status=status) from None
+    if not wire.choices:
+        raise MalformedResponseError(f"the completion has no choices: {body[:200]!r}", status=status)
+    choices = sorted(wire.choices, key=lambda c: c.index)
+    usage = wire.usage or _WireUsage()
+    prompt = choices[0].prompt_token_ids
+    return Completion(
+        outputs=tuple(_text_output(c, want_logprobs, status) for c in choices),
+        usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
+        model=wire.model,
+        prompt_ids=tuple(prompt) if prompt is not None else None,
+    )
+
+
 def raw_client_generate(client: openai.AsyncOpenAI, config: ClientConfig, model: str) -> Generate:
-    """One call to ``/chat/completions``, no middleware: the bottom of the stack."""
-    create = client.chat.completions.with_raw_response.create
+    """One call, no middleware: the bottom of the stack. A request with
+    ``prompt_ids`` goes to ``/completions`` as token ids when
+    ``config.token_ids`` is on (sampled ids and logprobs come back);
+    everything else to ``/chat/completions``. The request id goes in
+    ``config.session_header``; the server that answered, when it says
+    (``x-agentfly-server``), is kept on the completion."""
+    chat = client.chat.completions.with_raw_response.create
+    text = client.completions.with_raw_response.create
 
     async def generate(request: Request) -> Completion:
+        tokens = config.token_ids and request.prompt_ids is not None
         try:
-            response = await create(**_body(config, model, request), extra_body=_extra_body(request))
+            if tokens:
+                response: Any = await text(
+                    **_text_body(config, model, request),
+                    extra_body={**(_extra_body(request) or {}), "return_token_ids": True},
+                    extra_headers=_headers(config, request),
+                )
+            else:
+                response = await chat(
+                    **_body(config, model, request), extra_body=_extra_body(request), extra_headers=_headers(config, request)
+                )
+        except openai.BadRequestError as exc:
+            if tokens and "maximum context length" not in exc.message:
+                raise PermanentError(
+                    f"the server refused a token-id prompt (token-level requests need a vLLM server): HTTP 400: {exc.message}",
+                    status=400,
+                ) from exc
+            raise map_openai_error(exc) from exc
         except openai.OpenAIError as exc:
             raise map_openai_error(exc) from exc
-        return _completion(response.content, response.http_response.status_code)
+        status = response.http_response.status_code
+        if tokens:
+            completion = _text_completion(response.content, status, request.logprobs)
+        else:
+            completion = _completion(response.content, status)
+        server = response.http_response.headers.get(SERVER_HEADER)
+        return msgspec.structs.replace(completion, server=server) if server else completion
 
     return generate
 
