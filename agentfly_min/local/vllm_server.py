@@ -66,6 +66,17 @@ class VLLMServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def __enter__(self) -> VLLMServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start(self) -> None:
+        """Start the process and return at once (``wait_ready`` waits): a
+        fleet starts its servers together."""
         self._work_dir.mkdir(parents=True, exist_ok=True)
         self._shm_before = shm_entries()
         with self.log_path.open("wb") as log:
@@ -76,17 +87,21 @@ class VLLMServer:
                 env=self._env,
                 start_new_session=True,  # its own process group, so stop() reaches its children
             )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def kill(self) -> None:
+        """Kill the server outright (its whole process group), as a crash
+        would; ``stop`` still cleans up after it."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, 9)
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + self._timeout
         while time.monotonic() < deadline:
             assert self._proc is not None

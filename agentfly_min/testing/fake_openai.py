@@ -1,7 +1,8 @@
 """A local OpenAI-compatible chat server that can misbehave on purpose.
 
-It speaks the chat-completions wire format on 127.0.0.1 (real sockets, real
-HTTP through uvicorn) and echoes the last user message back, so a caller can
+It speaks the chat-completions wire format (and a plain text-completions
+one, without vLLM's extensions) on 127.0.0.1 (real sockets, real HTTP
+through uvicorn) and echoes the last user message back, so a caller can
 tell every answer apart. Faults are injected from a script (the next requests
 get exactly these faults, in order) or at random with a seeded rate:
 
@@ -103,6 +104,14 @@ class _App:
             await _json(send, 200, {"object": "list", "data": models})
         elif path.endswith("/chat/completions") and method == "POST":
             await self._chat(json.loads(body), receive, send)
+        elif path.endswith("/completions") and method == "POST":
+            # A text-completions endpoint that knows nothing of vLLM's
+            # return_token_ids: what a non-vLLM server answers a token prompt with.
+            request = json.loads(body)
+            self.log.append(LogEntry(t=time.monotonic(), key=str(request.get("prompt"))[:40], outcome="ok"))
+            await _json(send, 200, {"id": "cmpl-fake", "object": "text_completion", "model": request.get("model", MODEL_NAME),
+                                    "choices": [{"index": 0, "text": "echo", "finish_reason": "stop"}],
+                                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
         else:
             await _json(send, 404, {"error": {"message": f"no route {method} {path}"}})
 

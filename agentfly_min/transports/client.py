@@ -333,6 +333,14 @@ def raw_client_generate(client: openai.AsyncOpenAI, config: ClientConfig, model:
                 response = await chat(
                     **_body(config, model, request), extra_body=_extra_body(request), extra_headers=_headers(config, request)
                 )
+        except openai.NotFoundError as exc:
+            if tokens:
+                raise PermanentError(
+                    "the server has no /completions endpoint for token-id prompts (token-level requests need a vLLM "
+                    f"server): HTTP 404: {exc.message}",
+                    status=404,
+                ) from exc
+            raise map_openai_error(exc) from exc
         except openai.BadRequestError as exc:
             if tokens and "maximum context length" not in exc.message:
                 raise PermanentError(
