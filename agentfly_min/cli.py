@@ -166,6 +166,7 @@ def bench(args: argparse.Namespace) -> int:
         work_dir=str(work_dir),
         repeat=args.repeat,
         device=device,
+        servers=args.servers,
     )
     latest: list[BenchReport] = []
     failures: dict[str, str] = {}
@@ -324,7 +325,11 @@ def _parser() -> argparse.ArgumentParser:
 
     b = commands.add_parser("bench", help="the same agent workload through each transport and its raw counterpart")
     b.add_argument("--model", help="a model folder (default: the tiny random model, built offline)")
-    b.add_argument("--transports", type=_transports, default=("vllm", "client", "verl"), help="comma-separated: vllm,client,verl")
+    b.add_argument(
+        "--transports", type=_transports, default=("vllm", "client", "verl"),
+        help="comma-separated: vllm,client,verl,fleet (fleet: --servers vLLM servers behind vLLM's router, token ids over HTTP)",
+    )  # fmt: skip
+    b.add_argument("--servers", type=_positive, default=2, help="vLLM servers in the fleet")
     b.add_argument("--tasks", type=_positive, default=8)
     b.add_argument("--chains", type=_positive, default=2, help="chains per task")
     b.add_argument("--turns", type=_positive, default=3, help="model turns per episode")

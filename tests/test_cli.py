@@ -292,3 +292,17 @@ def test_bench_runs_a_familys_template_on_its_tiny_model(tmp_path: Path) -> None
     report = msgspec.json.decode((tmp_path / "bench.json").read_bytes(), type=BenchReport)
     assert report.workload.template == "llama3" and "tiny-llama3" in report.model
     assert [r.errors for r in report.results] == [0] and report.results[0].tokens == 2 * 2 * 8
+
+
+@pytest.mark.slow
+def test_bench_measures_a_fleet_behind_the_router(tmp_path: Path) -> None:
+    result = cli(
+        "bench", "--transports", "fleet", "--servers", "2", "--tasks", "2", "--chains", "2", "--turns", "2",
+        "--new-tokens", "8", "--concurrency", "2", "--repeat", "1", "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = msgspec.json.decode((tmp_path / "bench.json").read_bytes(), type=BenchReport)
+    (row,) = report.results
+    assert row.transport == "fleet" and row.errors == 0 and row.tokens == 2 * 2 * 2 * 8
+    assert row.raw_tokens_per_s > 0 and row.ratio_to_raw > 0

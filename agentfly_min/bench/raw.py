@@ -12,7 +12,7 @@ import msgspec
 from ..transports.vllm import VLLMEngine
 from .workload import Conversation, Step
 
-__all__ = ["vllm_raw_step", "openai_raw_step", "verl_raw_step"]
+__all__ = ["vllm_raw_step", "openai_raw_step", "openai_token_raw_step", "verl_raw_step"]
 
 
 def vllm_raw_step(engine: VLLMEngine) -> Step:
@@ -51,6 +51,29 @@ def openai_raw_step(client: Any, model: str) -> Step:
         text = response.choices[0].message.content or ""
         conversation.sampled([], text)
         return int(response.usage.completion_tokens)
+
+    return step
+
+
+def openai_token_raw_step(client: Any, model: str, session_header: str = "x-session-id") -> Step:
+    """``openai.AsyncOpenAI.completions.create`` with the conversation's ids
+    as the prompt and vLLM's ``return_token_ids``, called directly, the
+    session in the header a sticky router reads."""
+
+    async def step(conversation: Conversation, new_tokens: int) -> int:
+        response = await client.completions.create(
+            model=model,
+            prompt=list(conversation.ids),
+            max_tokens=new_tokens,
+            temperature=1.0,
+            logprobs=0,
+            extra_body={"ignore_eos": True, "return_token_ids": True},
+            extra_headers={session_header: conversation.session},
+        )
+        choice = response.choices[0]
+        ids = list(getattr(choice, "token_ids", None) or (choice.model_extra or {}).get("token_ids") or [])
+        conversation.sampled(ids, choice.text)
+        return len(ids)
 
     return step
 

@@ -15,7 +15,7 @@ from .workload import Workload
 
 __all__ = ["RunResult", "Environment", "BenchReport", "environment", "render_table", "render_chart"]
 
-TransportName = Literal["vllm", "client", "verl"]
+TransportName = Literal["vllm", "client", "verl", "fleet"]
 
 
 class RunResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

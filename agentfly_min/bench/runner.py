@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..transports.client import open_client
 from ..transports.verl import open_verl
 from ..transports.vllm import VLLMEngine, vllm_generate
-from .raw import openai_raw_step, verl_raw_step, vllm_raw_step
+from .raw import openai_raw_step, openai_token_raw_step, verl_raw_step, vllm_raw_step
 from .report import BenchReport, RunResult, TransportName, environment
 from .workload import RunStats, Workload, generate_step, run_workload
 
@@ -39,6 +39,7 @@ class BenchOptions(msgspec.Struct, frozen=True, kw_only=True):
     work_dir: str
     repeat: int = 3
     device: Literal["cpu", "cuda"] = "cpu"
+    servers: int = 2
 
 
 class MemorySampler:
@@ -141,7 +142,33 @@ def _verl(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runne
         )
 
 
-_STARTERS = {"vllm": _vllm, "client": _client, "verl": _verl}
+@contextmanager
+def _fleet(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
+    """``options.servers`` vLLM servers behind vLLM's router (sticky on the
+    session header), driven token-in/token-out over HTTP: our client
+    transport against the SDK's bare ``completions.create``."""
+    import openai
+
+    from ..local.fleet import Fleet
+
+    with Fleet(options.model, work_dir=Path(options.work_dir), servers=options.servers, device=options.device) as fleet:
+        config = ClientConfig(base_url=fleet.base_url, model=fleet.model, timeout=300, token_ids=True)
+
+        async def run_ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
+            async with open_client(config) as generate:
+                return await run_workload(generate_step(generate, token_level=True), workload, tokenizer, on_chain=tick)
+
+        async def run_raw(workload: Workload, tick: Callable[[], None]) -> RunStats:
+            async with openai.AsyncOpenAI(base_url=fleet.base_url, api_key="EMPTY", timeout=300) as client:
+                return await run_workload(openai_token_raw_step(client, fleet.model), workload, tokenizer, on_chain=tick)
+
+        yield (
+            lambda w, t: anyio.run(run_ours, w, t, backend=options.loop),
+            lambda w, t: asyncio.run(run_raw(w, t)),
+        )
+
+
+_STARTERS = {"vllm": _vllm, "client": _client, "verl": _verl, "fleet": _fleet}
 
 
 def _ms(seconds: float) -> float:
