@@ -31,8 +31,9 @@ from .records import (
     ToolSchema,
     Usage,
 )
+from .stream import Chunk, Stream, StreamMiddleware, ToolCallDelta, collect
 from .tools import Tool, tool
-from .transports import open_backend
+from .transports import open_backend, open_stream
 
 try:
     __version__ = version("agentfly-min")
@@ -64,6 +65,12 @@ __all__ = [
     "encode_config",
     # transports and middleware
     "open_backend",
+    "open_stream",
+    "Stream",
+    "StreamMiddleware",
+    "Chunk",
+    "ToolCallDelta",
+    "collect",
     "compose",
     "rate_limit",
     "retry",

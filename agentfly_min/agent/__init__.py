@@ -1,7 +1,8 @@
 """The agent: its record, the episode loop and trajectories."""
 
 from .agent import Agent, Backend, RewardFn, Task
-from .loop import Progress, Tokenizer, rollout, rollout_stream, run_agent, task_id, task_messages
+from .events import EpisodeDone, Event, ReasoningDelta, TextDelta, ToolCallEvent, ToolResultEvent, TurnEnd
+from .loop import Progress, Tokenizer, rollout, rollout_stream, run_agent, stream_agent, task_id, task_messages
 from .trajectory import EpisodeEnd, Trajectory
 
 __all__ = [
@@ -14,6 +15,14 @@ __all__ = [
     "Tokenizer",
     "Progress",
     "run_agent",
+    "stream_agent",
+    "Event",
+    "TextDelta",
+    "ReasoningDelta",
+    "ToolCallEvent",
+    "ToolResultEvent",
+    "TurnEnd",
+    "EpisodeDone",
     "rollout",
     "rollout_stream",
     "task_id",

@@ -19,7 +19,7 @@ import math
 import re
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -32,10 +32,12 @@ from ..errors import ConfigError, ContextLengthError
 from ..records import Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, ToolSchema, Usage
 from ..templates import MalformedToolCall, ParsedCall, ParsedTurn, Template, Turn, get_template
 from ..tools import Tool, ToolError
+from ..stream import Chunk, Stream, collect_chunks
 from .agent import Agent, Task
+from .events import EpisodeDone, Event, ReasoningDelta, TextDelta, ToolCallEvent, ToolResultEvent, TurnEnd
 from .trajectory import EpisodeEnd, Trajectory
 
-__all__ = ["Tokenizer", "Progress", "run_agent", "rollout", "rollout_stream", "task_messages", "task_id"]
+__all__ = ["Tokenizer", "Progress", "run_agent", "stream_agent", "rollout", "rollout_stream", "task_messages", "task_id"]
 
 _log = logging.getLogger("agentfly_min.agent")
 _HEADER_UNSAFE = re.compile(r"[^!-~]")
@@ -210,9 +212,9 @@ async def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> tuple[str, str
 
 async def _run_tools(
     tools: Mapping[str, Tool], calls: Sequence[ToolCall], parse_errors: Sequence[str | None], session: str
-) -> tuple[list[Message], list[str]]:
-    """Run a turn's calls concurrently; the tool messages, and the kind of
-    each failure."""
+) -> tuple[list[Message], list[str | None]]:
+    """Run a turn's calls concurrently; the tool messages, and for each the
+    kind of its failure (None when it worked)."""
     results: list[str] = [""] * len(calls)
     kinds: list[str | None] = [None] * len(calls)
 
@@ -232,7 +234,7 @@ async def _run_tools(
         Message(role="tool", content=text, tool_call_id=call.id, name=call.function.name)
         for call, text in zip(calls, results, strict=True)
     ]
-    return messages, [kind for kind in kinds if kind is not None]
+    return messages, kinds
 
 
 async def _reward(agent: Agent[Any], trajectory: Trajectory, task: Task) -> Trajectory:
@@ -359,8 +361,12 @@ def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {one_line(str(exc))}"
 
 
-async def _turns(episode: _Episode, generate: Generate) -> tuple[EpisodeEnd, str | None]:
-    """Run the episode's turns; why it ended, and the error if one ended it."""
+Emit = Callable[[Event], Awaitable[None]]
+
+
+async def _turns(episode: _Episode, generate: Generate, emit: Emit | None = None) -> tuple[EpisodeEnd, str | None]:
+    """Run the episode's turns; why it ended, and the error if one ended it.
+    ``emit`` hears of each tool call, result and turn as they happen."""
     agent = episode.agent
     while episode.turns < agent.max_turns:
         max_new = agent.max_new_tokens
@@ -393,9 +399,12 @@ async def _turns(episode: _Episode, generate: Generate) -> tuple[EpisodeEnd, str
         if episode.template.decode is not None and tokens is not None and output.token_ids is not None:
             text = episode.template.decode(episode.tokenizer, output.token_ids)
         calls, parse_errors, parsed = _calls(output, episode.turns, episode.template, text)
-        episode.messages.append(
-            Message(role="assistant", content=parsed.content, reasoning_content=parsed.reasoning, tool_calls=calls)
-        )
+        assistant = Message(role="assistant", content=parsed.content, reasoning_content=parsed.reasoning, tool_calls=calls)
+        episode.messages.append(assistant)
+        if emit is not None:
+            await emit(TurnEnd(turn=episode.turns, message=assistant))
+            for call in calls:
+                await emit(ToolCallEvent(turn=episode.turns, call=call))
         if not calls:
             if output.finish_reason != "length":
                 return "answer", None
@@ -403,12 +412,15 @@ async def _turns(episode: _Episode, generate: Generate) -> tuple[EpisodeEnd, str
         if episode.turns >= agent.max_turns:
             return "max_turns", None
         started = anyio.current_time()
-        results, failures = await _run_tools(episode.tools, calls, parse_errors, episode.session)
+        results, kinds = await _run_tools(episode.tools, calls, parse_errors, episode.session)
         episode.tool_seconds += anyio.current_time() - started
         episode.tool_calls += len(calls)
         episode.tool_rounds += 1
-        episode.tool_errors.update(failures)
+        episode.tool_errors.update(kind for kind in kinds if kind is not None)
         episode.messages.extend(results)
+        if emit is not None:
+            for result, kind in zip(results, kinds, strict=True):
+                await emit(ToolResultEvent(turn=episode.turns, message=result, failed=kind is not None))
         if tokens is not None and episode.token_level and not tokens.observation(
             episode.messages[: -len(results)], results, episode.schemas, episode.room()
         ):
@@ -449,6 +461,19 @@ async def run_agent(
     is answered with an error message and the episode goes on; a raising
     reward (or a NaN one) sets ``reward_error``.
     """
+    return await _episode(agent, generate, task, tokenizer, task_id, chain_index, request_id, None)
+
+
+async def _episode(
+    agent: Agent[Any],
+    generate: Generate,
+    task: Task,
+    tokenizer: Tokenizer | None,
+    task_id: str | None,
+    chain_index: int,
+    request_id: str | None,
+    emit: Emit | None,
+) -> Trajectory:
     ident = task_id if task_id is not None else str(task.get("id", "0"))
     # The session id travels in headers (a router's affinity key): visible ASCII, bounded.
     session = request_id or f"{_HEADER_UNSAFE.sub('_', ident)[:200]}-{chain_index}-{uuid.uuid4().hex[:12]}"
@@ -460,13 +485,66 @@ async def run_agent(
                 episode.tokens = _Tokens(tokenizer, episode.template, episode.messages, episode.schemas, agent.max_prompt_tokens)
         except (ValueError, msgspec.ValidationError) as exc:
             return episode.trajectory("error", error=f"bad task: {one_line(str(exc))}")
-        reason, error = await _turns(episode, generate)
+        reason, error = await _turns(episode, generate, emit)
         if error is not None:
             _log.warning("%s: episode ended by an error: %s", session, error)
         return await _reward(agent, episode.trajectory(reason, error=error), task)
     except Exception as exc:  # noqa: BLE001 - the promise: every episode ends in a trajectory
         _log.exception("%s: episode failed", session)
         return episode.trajectory("error", error=_failure(exc))
+
+
+@asynccontextmanager
+async def stream_agent(
+    agent: Agent[Any],
+    stream: Stream,
+    task: Task,
+    *,
+    tokenizer: Tokenizer | None = None,
+    task_id: str | None = None,
+    chain_index: int = 0,
+    request_id: str | None = None,
+) -> AsyncIterator[MemoryObjectReceiveStream[Event]]:
+    """Run one episode over a streaming transport and hand out what happens
+    as it happens, for a UI or a terminal::
+
+        async with stream_agent(agent, stream, task) as events:
+            async for event in events:
+                ...  # TextDelta, ReasoningDelta, TurnEnd, ToolCallEvent, ToolResultEvent, EpisodeDone
+
+    The episode is :func:`run_agent`'s, turn for turn (the same trajectory,
+    failures recorded the same way); the last event is :class:`EpisodeDone`
+    with the trajectory. The episode waits for the consumer; leaving the
+    block early cancels it."""
+    send, receive = anyio.create_memory_object_stream[Event]()
+
+    def deltas(turns: list[int]) -> Generate:
+        async def generate(request: Request) -> Completion:
+            turns[0] += 1
+            chunks: list[Chunk] = []
+            async with stream(request) as incoming:
+                async for chunk in incoming:
+                    chunks.append(chunk)
+                    if chunk.reasoning:
+                        await send.send(ReasoningDelta(turn=turns[0], text=chunk.reasoning))
+                    if chunk.text and chunk.index == 0:
+                        await send.send(TextDelta(turn=turns[0], text=chunk.text))
+            return collect_chunks(chunks)
+
+        return generate
+
+    async def run() -> None:
+        async with send:
+            trajectory = await _episode(agent, deltas([0]), task, tokenizer, task_id, chain_index, request_id, send.send)
+            await send.send(EpisodeDone(trajectory=trajectory))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        try:
+            yield receive
+        finally:
+            tg.cancel_scope.cancel()
+            receive.close()
 
 
 def _check_ids(tasks: Sequence[Task]) -> list[str]:

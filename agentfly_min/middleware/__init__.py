@@ -3,7 +3,8 @@
 from .compose import compose
 from .concurrency import concurrency_limit
 from .rate_limit import estimate_tokens, rate_limit
-from .retry import backoff_delay, is_transient, retry, server_retry_after
+from .retry import backoff_delay, is_transient, retry, retry_reason, server_retry_after
+from .stream import stream_concurrency_limit, stream_rate_limit, stream_retry, stream_timeout
 from .timeout import timeout
 
 __all__ = [
@@ -16,4 +17,9 @@ __all__ = [
     "server_retry_after",
     "backoff_delay",
     "timeout",
+    "retry_reason",
+    "stream_retry",
+    "stream_timeout",
+    "stream_rate_limit",
+    "stream_concurrency_limit",
 ]

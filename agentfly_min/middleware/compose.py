@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from ..records import Generate, Middleware
+from collections.abc import Callable
+from typing import TypeVar, overload
 
 __all__ = ["compose"]
 
+T = TypeVar("T")
 
-def compose(*layers: Middleware) -> Middleware:
+
+@overload
+def compose() -> Callable[[T], T]: ...
+@overload
+def compose(*layers: Callable[[T], T]) -> Callable[[T], T]: ...
+def compose(*layers: Callable[[T], T]) -> Callable[[T], T]:
     """Stack middleware; the first layer listed is the outermost.
 
     ``compose(a, b, c)(generate) == a(b(c(generate)))``: a request passes
@@ -22,11 +29,14 @@ def compose(*layers: Middleware) -> Middleware:
     - Put ``concurrency_limit`` outside ``rate_limit``: a request first waits
       for a slot, then for its rate-limit turn, so slots freed together cannot
       release a burst past the rate.
+
+    The same holds for streaming middleware (``Stream -> Stream``, see
+    :mod:`agentfly_min.middleware.stream`).
     """
 
-    def apply(generate: Generate) -> Generate:
+    def apply(transport: T) -> T:
         for layer in reversed(layers):
-            generate = layer(generate)
-        return generate
+            transport = layer(transport)
+        return transport
 
     return apply

@@ -46,6 +46,58 @@ class _Gcra:
         self._tat += cost * self._interval
 
 
+class _Limiter:
+    """The queue and the two cell-rate algorithms behind :func:`rate_limit`."""
+
+    def __init__(
+        self,
+        requests: _Gcra | None,
+        tokens: _Gcra | None,
+        estimate: Callable[[Request], int],
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self._requests = requests
+        self._tokens = tokens
+        self._estimate = estimate
+        self._clock = clock
+        self._sleep = sleep
+        self._queue = anyio.Lock()  # FIFO: waiters are served in the order they came
+
+    async def wait_turn(self, request: Request) -> tuple[int, float]:
+        """Wait for the request's turn and book it; (tokens booked, seconds waited)."""
+        tokens, requests, clock = self._tokens, self._requests, self._clock
+        cost = self._estimate(request) if tokens is not None else 0
+        arrived = clock()
+        held = self._queue.locked()  # others are ahead of us: that wait counts
+        async with self._queue:
+            while True:
+                now = clock()
+                start = now
+                if tokens is not None:
+                    start = tokens.earliest(start)
+                if requests is not None:
+                    start = requests.earliest(start)
+                if start <= now:
+                    break
+                # Cancelled here, the caller leaves the queue with nothing booked.
+                held = True
+                await self._sleep(start - now)
+            if tokens is not None:
+                tokens.book(now, float(cost))
+            if requests is not None:
+                requests.book(now, 1.0)
+        waited = now - arrived if held else 0.0
+        if waited > 0:
+            _log.debug("rate limit held a request for %.3f s", waited)
+        return cost, waited
+
+    def settle(self, booked: int, used: int) -> None:
+        """Correct a booking by the tokens really used (unknown, 0: keep it)."""
+        if self._tokens is not None and used > 0:
+            self._tokens.adjust(float(used - booked))
+
+
 def estimate_tokens(request: Request, default_max_new_tokens: int = 1024) -> int:
     """A pessimistic guess at a request's total tokens, made before it runs:
     the prompt (its ids, else about 4 characters a token) plus ``n`` times
@@ -92,6 +144,31 @@ def rate_limit(
     ``clock`` and ``sleep`` are injectable for tests; by default they are
     anyio's, so this runs on asyncio and trio.
     """
+    limiter = make_limiter(requests_per_minute, tokens_per_minute, burst, estimate, clock, sleep)
+
+    def layer(inner: Generate) -> Generate:
+        async def generate(request: Request) -> Completion:
+            booked, waited = await limiter.wait_turn(request)
+            completion = await inner(request)
+            limiter.settle(booked, completion.usage.total_tokens)
+            if waited > 0:
+                completion = msgspec.structs.replace(completion, rate_limit_seconds=completion.rate_limit_seconds + waited)
+            return completion
+
+        return generate
+
+    return layer
+
+
+def make_limiter(
+    requests_per_minute: float | None,
+    tokens_per_minute: float | None,
+    burst: int,
+    estimate: Callable[[Request], int],
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+) -> _Limiter:
+    """The limiter :func:`rate_limit` (and its streaming twin) wrap, checked here."""
     if requests_per_minute is None and tokens_per_minute is None:
         raise ConfigError("rate_limit", "give requests_per_minute, tokens_per_minute, or both")
     require("rate_limit.burst", burst, Annotated[int, Meta(ge=1)])
@@ -105,45 +182,4 @@ def rate_limit(
         require_positive("rate_limit.tokens_per_minute", tokens_per_minute)
         tokens = _Gcra(60.0 / tokens_per_minute, 0.0)
 
-    queue = anyio.Lock()  # FIFO: waiters are served in the order they came
-
-    async def wait_turn(request: Request) -> tuple[int, float]:
-        cost = estimate(request) if tokens is not None else 0
-        arrived = clock()
-        held = queue.locked()  # others are ahead of us: that wait counts
-        async with queue:
-            while True:
-                now = clock()
-                start = now
-                if tokens is not None:
-                    start = tokens.earliest(start)
-                if requests is not None:
-                    start = requests.earliest(start)
-                if start <= now:
-                    break
-                # Cancelled here, the caller leaves the queue with nothing booked.
-                held = True
-                await sleep(start - now)
-            if tokens is not None:
-                tokens.book(now, float(cost))
-            if requests is not None:
-                requests.book(now, 1.0)
-        waited = now - arrived if held else 0.0
-        if waited > 0:
-            _log.debug("rate limit held a request for %.3f s", waited)
-        return cost, waited
-
-    def layer(inner: Generate) -> Generate:
-        async def generate(request: Request) -> Completion:
-            booked, waited = await wait_turn(request)
-            completion = await inner(request)
-            used = completion.usage.total_tokens
-            if tokens is not None and used > 0:
-                tokens.adjust(float(used - booked))
-            if waited > 0:
-                completion = msgspec.structs.replace(completion, rate_limit_seconds=completion.rate_limit_seconds + waited)
-            return completion
-
-        return generate
-
-    return layer
+    return _Limiter(requests, tokens, estimate, clock, sleep)

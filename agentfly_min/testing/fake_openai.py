@@ -14,7 +14,11 @@ get exactly these faults, in order) or at random with a seeded rate:
   request stopped the server's work),
 - ``"malformed"``: 200 with a body that is not a chat completion,
 - ``"empty"``: 200 with a chat completion whose ``choices`` is empty,
-- ``"context"``: 400 with vLLM's "maximum context length" message.
+- ``"context"``: 400 with vLLM's "maximum context length" message,
+- ``"cut"``: a streamed answer whose connection drops after two chunks.
+
+Streamed answers (``"stream": true``) come one word a chunk, ``chunk_delay``
+seconds apart, with a final usage chunk.
 
 ``models`` is what ``GET /models`` lists.
 
@@ -44,7 +48,7 @@ import msgspec
 
 __all__ = ["FakeOpenAIServer", "FaultKind", "ServerSettings", "LogEntry"]
 
-FaultKind: TypeAlias = Literal["429", "500", "503", "400", "drop", "slow", "malformed", "empty", "context"]
+FaultKind: TypeAlias = Literal["429", "500", "503", "400", "drop", "slow", "malformed", "empty", "context", "cut"]
 
 MODEL_NAME = "fake-echo"
 
@@ -60,6 +64,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     slow_seconds: float = 30.0
     seed: int = 0
     models: tuple[str, ...] = (MODEL_NAME,)
+    chunk_delay: float = 0.0
 
 
 class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,8 +159,62 @@ class _App:
                 "(1000 in the messages, 100 in the completion). Please reduce the length of the messages or completion."
             )
             await _json(send, 400, {"error": {"message": message, "type": "BadRequestError", "code": 400}})
+        elif request.get("stream"):
+            await self._stream(request, key, receive, send, cut=fault == "cut")
         else:
             await _json(send, 200, _completion(request, key))
+
+    async def _stream(self, request: dict[str, Any], key: str, receive: Receive, send: Send, *, cut: bool) -> None:
+        """The same answer as server-sent events, one word a chunk,
+        ``chunk_delay`` apart; ``cut`` drops the connection after two chunks.
+        A client that hangs up mid-stream is logged (``stream-disconnected``)."""
+        async with anyio.create_task_group() as tg:
+            gone = anyio.Event()
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone.set()
+
+            tg.start_soon(watch)
+            try:
+                await self._events(request, key, send, cut, gone)
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _events(self, request: dict[str, Any], key: str, send: Send, cut: bool, gone: anyio.Event) -> None:
+        body = _completion(request, key)
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def event(payload: object) -> None:
+            await send({"type": "http.response.body", "body": b"data: " + json.dumps(payload).encode() + b"\n\n", "more_body": True})
+
+        sent = 0
+        for choice in body["choices"]:
+            words = (choice["message"]["content"] or "").split(" ")
+            for k, word in enumerate(words):
+                if cut and sent == 2:
+                    raise ConnectionAbortedError("injected cut mid-stream")
+                delta = {"content": word if k == 0 else " " + word}
+                await event({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": body["model"],
+                             "choices": [{"index": choice["index"], "delta": delta, "finish_reason": None}]})
+                sent += 1
+                if self.settings.chunk_delay > 0:
+                    with anyio.move_on_after(self.settings.chunk_delay):
+                        await gone.wait()
+                if gone.is_set():
+                    self.log.append(LogEntry(t=time.monotonic(), key=key, outcome="stream-disconnected", disconnected=True))
+                    return
+            for call_index, call in enumerate(choice["message"].get("tool_calls") or []):
+                delta = {"tool_calls": [{"index": call_index, "id": call["id"], "type": "function",
+                                         "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}}]}
+                await event({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": body["model"],
+                             "choices": [{"index": choice["index"], "delta": delta, "finish_reason": None}]})
+            await event({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": body["model"],
+                         "choices": [{"index": choice["index"], "delta": {}, "finish_reason": choice["finish_reason"]}]})
+        await event({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": body["model"], "choices": [], "usage": body["usage"]})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
 def _completion(request: dict[str, Any], key: str) -> dict[str, Any]:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, overload
 
 from ..configs import AsyncVerlConfig, AsyncVLLMConfig, BackendConfig, ClientConfig
 from ..errors import ConfigError
 from ..records import Generate, Middleware
-from .client import open_client
+from ..stream import Stream, StreamMiddleware, one_chunk
+from .client import open_client, open_client_stream
 from .verl import VerlServer, VerlTokenizer, open_verl
-from .vllm import open_vllm
+from .vllm import open_vllm, open_vllm_stream
 
-__all__ = ["open_backend"]
+__all__ = ["open_backend", "open_stream"]
 
 
 @overload
@@ -63,3 +64,60 @@ def open_backend(
     if server is None or tokenizer is None:
         raise ConfigError("open_backend", "an AsyncVerlConfig needs verl's `server` client and the `tokenizer`")
     return open_verl(config, server, tokenizer, sampling_params=sampling_params, middleware=middleware)
+
+
+@overload
+def open_stream(
+    config: ClientConfig, *, model: str | None = None, middleware: StreamMiddleware | None = None
+) -> AbstractAsyncContextManager[Stream]: ...
+@overload
+def open_stream(
+    config: AsyncVLLMConfig, *, model: str | os.PathLike[str], middleware: StreamMiddleware | None = None
+) -> AbstractAsyncContextManager[Stream]: ...
+@overload
+def open_stream(
+    config: AsyncVerlConfig,
+    *,
+    server: VerlServer,
+    tokenizer: VerlTokenizer,
+    sampling_params: Mapping[str, Any] | None = None,
+    middleware: StreamMiddleware | None = None,
+) -> AbstractAsyncContextManager[Stream]: ...
+def open_stream(
+    config: BackendConfig,
+    *,
+    model: str | os.PathLike[str] | None = None,
+    middleware: StreamMiddleware | None = None,
+    server: VerlServer | None = None,
+    tokenizer: VerlTokenizer | None = None,
+    sampling_params: Mapping[str, Any] | None = None,
+) -> AbstractAsyncContextManager[Stream]:
+    """The streaming twin of :func:`open_backend`: ``async with
+    open_stream(config, ...) as stream:``, then ``async with stream(request)
+    as chunks``. The client streams chat (or token-id) completions with its
+    default streaming stack (retry before the first chunk, limits, first-
+    chunk and idle deadlines) unless ``middleware`` replaces it; the vLLM
+    engine streams its deltas; verl has no streaming, so its stream is one
+    chunk per sample when the completion is done."""
+    if isinstance(config, ClientConfig):
+        return open_client_stream(config, model=None if model is None else str(model), middleware=middleware)
+    if isinstance(config, AsyncVLLMConfig):
+        if model is None:
+            raise ConfigError("open_stream.model", "an AsyncVLLMConfig needs the model path (Agent.model_name_or_path)")
+        return open_vllm_stream(config, model, middleware=middleware)
+    if server is None or tokenizer is None:
+        raise ConfigError("open_stream", "an AsyncVerlConfig needs verl's `server` client and the `tokenizer`")
+    return _verl_stream(config, server, tokenizer, sampling_params, middleware)
+
+
+@asynccontextmanager
+async def _verl_stream(
+    config: AsyncVerlConfig,
+    server: VerlServer,
+    tokenizer: VerlTokenizer,
+    sampling_params: Mapping[str, Any] | None,
+    middleware: StreamMiddleware | None,
+) -> AsyncIterator[Stream]:
+    async with open_verl(config, server, tokenizer, sampling_params=sampling_params) as generate:
+        raw = one_chunk(generate)
+        yield middleware(raw) if middleware is not None else raw

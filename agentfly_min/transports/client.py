@@ -9,10 +9,12 @@ and two retry loops would multiply.
 from __future__ import annotations
 
 import email.utils
+import functools
+import importlib
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -23,6 +25,8 @@ from ..errors import ConfigError, ContextLengthError, MalformedResponseError, Pe
 from ..local.server_id import HEADER as SERVER_HEADER
 from ._finish import finish_reason
 from ..middleware import compose, concurrency_limit, estimate_tokens, rate_limit, retry, timeout
+from ..middleware.stream import stream_concurrency_limit, stream_rate_limit, stream_retry, stream_timeout
+from ..stream import Chunk, Stream, StreamMiddleware, ToolCallDelta
 from ..records import (
     Completion,
     FunctionCall,
@@ -35,7 +39,15 @@ from ..records import (
     Usage,
 )
 
-__all__ = ["open_client", "client_middleware", "raw_client_generate", "map_openai_error"]
+__all__ = [
+    "open_client",
+    "open_client_stream",
+    "client_middleware",
+    "client_stream_middleware",
+    "raw_client_generate",
+    "raw_client_stream",
+    "map_openai_error",
+]
 
 _TRANSIENT_STATUS = frozenset({408, 409, 429})
 
@@ -432,3 +444,202 @@ async def open_client(
             name = await _only_model(client)
         stack = client_middleware(config) if middleware is None else middleware
         yield stack(raw_client_generate(client, config, name))
+
+
+# --- streaming ------------------------------------------------------------------------
+
+
+class _WireDeltaFunction(msgspec.Struct, frozen=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _WireDeltaToolCall(msgspec.Struct, frozen=True):
+    index: int = 0
+    id: str | None = None
+    function: _WireDeltaFunction | None = None
+
+
+class _WireDelta(msgspec.Struct, frozen=True):
+    content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[_WireDeltaToolCall] | None = None
+
+
+class _WireStreamChoice(msgspec.Struct, frozen=True):
+    index: int = 0
+    delta: _WireDelta | None = None  # chat
+    text: str | None = None  # completions
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None  # chat's {"content": [...]} or completions' {"token_logprobs": [...]}
+    token_ids: list[int] | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+class _WireError(msgspec.Struct, frozen=True):
+    message: str = ""
+    code: int | str | None = None
+
+
+class _WireStreamChunk(msgspec.Struct, frozen=True):
+    choices: list[_WireStreamChoice] = []
+    model: str = ""
+    usage: _WireUsage | None = None
+    error: _WireError | None = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_WireStreamChunk)
+
+
+def _chunk_logprobs(raw: dict[str, Any] | None) -> tuple[float, ...] | None:
+    if raw is None:
+        return None
+    try:
+        if "token_logprobs" in raw:
+            text = msgspec.convert(raw, _WireTextLogprobs)
+            return tuple(float(lp) for lp in text.token_logprobs or () if lp is not None)
+        chat = msgspec.convert(raw, _WireLogprobs)
+    except msgspec.ValidationError as exc:
+        raise MalformedResponseError(f"unreadable logprobs in a stream chunk ({exc})") from None
+    return tuple(item.logprob for item in chat.content or ())
+
+
+def _stream_chunk(wire: _WireStreamChunk, server: str | None, status: int) -> list[Chunk]:
+    if wire.error is not None:  # vLLM reports a failure mid-stream as a data line
+        code = wire.error.code if isinstance(wire.error.code, int) else None
+        error_type = TransientError if code is None or code >= 500 or code in _TRANSIENT_STATUS else PermanentError
+        raise error_type(f"the stream failed: {wire.error.message}", status=code)
+    chunks: list[Chunk] = []
+    for choice in wire.choices:
+        delta = choice.delta
+        text = choice.text if choice.text is not None else (delta.content if delta is not None and delta.content else "")
+        reasoning = (delta.reasoning_content or delta.reasoning or "") if delta is not None else ""
+        calls = tuple(
+            ToolCallDelta(
+                index=call.index,
+                id=call.id,
+                name=call.function.name if call.function is not None else None,
+                arguments=(call.function.arguments or "") if call.function is not None else "",
+            )
+            for call in ((delta.tool_calls or []) if delta is not None else [])
+        )
+        chunks.append(
+            Chunk(
+                index=choice.index,
+                text=text or "",
+                token_ids=tuple(choice.token_ids or ()),
+                logprobs=_chunk_logprobs(choice.logprobs),
+                reasoning=reasoning,
+                tool_calls=calls,
+                finish_reason=finish_reason(choice.finish_reason) if choice.finish_reason is not None else None,
+                prompt_ids=tuple(choice.prompt_token_ids) if choice.prompt_token_ids is not None else None,
+                model=wire.model,
+                server=server,
+            )
+        )
+    if wire.usage is not None:
+        chunks.append(Chunk(usage=Usage(prompt_tokens=wire.usage.prompt_tokens, completion_tokens=wire.usage.completion_tokens), model=wire.model, server=server))
+    return chunks
+
+
+async def _sse_chunks(response: Any, status: int) -> AsyncGenerator[Chunk, None]:
+    server = response.headers.get(SERVER_HEADER)
+    try:
+        async for line in response.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            try:
+                wire = _chunk_decoder.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise MalformedResponseError(f"unreadable stream chunk ({exc}): {data[:200]!r}", status=status) from None
+            for chunk in _stream_chunk(wire, server, status):
+                yield chunk
+    except openai.OpenAIError as exc:
+        raise map_openai_error(exc) from exc
+    except _http_errors() as exc:  # the connection dropped mid-stream
+        raise TransientError(f"the stream broke off: {type(exc).__name__}: {exc}") from exc
+
+
+@functools.cache
+def _http_errors() -> tuple[type[Exception], ...]:
+    """The HTTP library's errors, which reading a streamed body raises as
+    they are: ``httpx`` under openai 1.x and 2.x, ``httpx2`` under 3.x."""
+    found: list[type[Exception]] = []
+    for name in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(name).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def raw_client_stream(client: openai.AsyncOpenAI, config: ClientConfig, model: str) -> Stream:
+    """The streaming twin of :func:`raw_client_generate`: chat completions
+    with ``stream=True`` (or, with ``config.token_ids`` and ``prompt_ids``,
+    completions with token ids, sampled ids coming back in the chunks),
+    read line by line with msgspec. Leaving the stream's block closes the
+    HTTP response."""
+
+    @asynccontextmanager
+    async def stream(request: Request) -> AsyncIterator[AsyncIterator[Chunk]]:
+        tokens = config.token_ids and request.prompt_ids is not None
+        try:
+            if tokens:
+                opened: Any = client.completions.with_streaming_response.create(
+                    **_text_body(config, model, request), stream=True, stream_options={"include_usage": True},
+                    extra_body={**(_extra_body(request) or {}), "return_token_ids": True},
+                    extra_headers=_headers(config, request),
+                )  # fmt: skip
+            else:
+                opened = client.chat.completions.with_streaming_response.create(
+                    **_body(config, model, request), stream=True, stream_options={"include_usage": True},
+                    extra_body=_extra_body(request), extra_headers=_headers(config, request),
+                )  # fmt: skip
+            async with opened as response:
+                async with aclosing(_sse_chunks(response, response.status_code)) as chunks:
+                    yield chunks
+        except openai.OpenAIError as exc:
+            raise map_openai_error(exc) from exc
+
+    return stream
+
+
+def client_stream_middleware(config: ClientConfig) -> StreamMiddleware:
+    """The default stack around a streaming call, outermost first: retry
+    (before the first chunk only), concurrency limit, rate limit, and a
+    deadline of ``config.timeout`` for the first chunk and between chunks."""
+    layers: list[StreamMiddleware] = [stream_retry(max_retries=config.max_retries, max_retry_after=config.max_retry_after)]
+    if config.max_concurrency is not None:
+        layers.append(stream_concurrency_limit(config.max_concurrency))
+    if config.max_requests_per_minute is not None or config.max_tokens_per_minute is not None:
+        budget = config.max_new_tokens
+        layers.append(
+            stream_rate_limit(
+                config.max_requests_per_minute,
+                tokens_per_minute=config.max_tokens_per_minute,
+                burst=config.rate_limit_burst,
+                estimate=lambda request: estimate_tokens(request, budget),
+            )
+        )
+    layers.append(stream_timeout(first_chunk=config.timeout, idle=config.timeout))
+    return compose(*layers)
+
+
+@asynccontextmanager
+async def open_client_stream(
+    config: ClientConfig, *, model: str | None = None, middleware: StreamMiddleware | None = None
+) -> AsyncIterator[Stream]:
+    """Open an ``openai.AsyncOpenAI`` client and yield a :data:`Stream` over
+    it (wrapped in :func:`client_stream_middleware` unless ``middleware``
+    replaces it)."""
+    client = openai.AsyncOpenAI(base_url=config.base_url, api_key=_api_key(config), max_retries=0, timeout=config.timeout)
+    async with client:
+        name = model or config.model
+        if name is None:
+            name = await _only_model(client)
+        stack = client_stream_middleware(config) if middleware is None else middleware
+        yield stack(raw_client_stream(client, config, name))

@@ -8,13 +8,15 @@ this module imports, and type-checks, without vLLM installed.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import difflib
 import gc
 import itertools
 import os
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,8 +36,9 @@ from ..records import Completion, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread
 from ._chat import prompt_ids
 from ._finish import finish_reason
+from ..stream import Chunk, Stream, StreamMiddleware
 
-__all__ = ["VLLMEngine", "open_vllm", "open_vllm_engine", "vllm_generate", "engine_args"]
+__all__ = ["VLLMEngine", "open_vllm", "open_vllm_engine", "vllm_generate", "vllm_stream", "open_vllm_stream", "engine_args"]
 
 T = TypeVar("T")
 
@@ -158,6 +161,10 @@ class VLLMEngine:
         """Run a coroutine on the engine's loop and await it from any loop."""
         return await self._thread.run(coroutine)
 
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start a coroutine on the engine's loop; cancel the future to cancel it."""
+        return self._thread.submit(coroutine)
+
     def run_blocking(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the engine's loop from synchronous code and wait
         (e.g. a loop that uses ``engine`` directly, with no bridge between)."""
@@ -173,7 +180,7 @@ class VLLMEngine:
         return result
 
 
-def _sampling_params(request: Request, prompt_len: int, max_model_len: int) -> Any:
+def _sampling_params(request: Request, prompt_len: int, max_model_len: int, *, delta: bool = False) -> Any:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -194,7 +201,7 @@ def _sampling_params(request: Request, prompt_len: int, max_model_len: int) -> A
         logprobs=0 if request.logprobs else None,
         ignore_eos=request.ignore_eos,
         logit_bias=dict(request.logit_bias) if request.logit_bias else None,
-        output_kind=RequestOutputKind.FINAL_ONLY,
+        output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         structured_outputs=StructuredOutputsParams(regex=request.regex) if request.regex is not None else None,
     )
 
@@ -256,6 +263,91 @@ def vllm_generate(engine: VLLMEngine) -> Generate:
     return generate
 
 
+_END = object()  # the producer's last item
+
+
+def vllm_stream(engine: VLLMEngine) -> Stream:
+    """The streaming twin of :func:`vllm_generate`: the engine's delta
+    outputs as chunks (text, sampled ids and their logprobs). The engine is
+    driven on its own loop, which queues the deltas; the caller takes them
+    from any loop. Leaving the stream's block aborts the request in the
+    engine."""
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMServerError
+
+    @asynccontextmanager
+    async def stream(request: Request) -> AsyncIterator[AsyncIterator[Chunk]]:
+        if engine.closed:
+            raise TransportClosedError("this vLLM transport was used after its engine was shut down")
+        if engine.tokenizer is None and request.prompt_ids is None:
+            raise PermanentError("this engine has no tokenizer (skip_tokenizer_init): send prompt_ids")
+        prompt = prompt_ids(engine.tokenizer, request)
+        params = _sampling_params(request, len(prompt), engine.max_model_len, delta=True)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def produce() -> None:
+            from vllm.inputs import TokensPrompt
+
+            try:
+                async for output in engine.engine.generate(TokensPrompt(prompt_token_ids=prompt), params, engine.next_id(request.request_id)):
+                    queue.put_nowait(output)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, who types it
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(_END)
+
+        producer = engine.submit(produce())
+        try:
+            deltas = _deltas(engine, queue, prompt, request.logprobs, GracefulHTTPError, (ValueError, TypeError, VLLMClientError), VLLMServerError)
+            async with aclosing(deltas) as chunks:
+                yield chunks
+        finally:
+            producer.cancel()  # leaving early: the engine aborts the request
+
+    return stream
+
+
+async def _deltas(
+    engine: VLLMEngine,
+    queue: asyncio.Queue[Any],
+    prompt: list[int],
+    with_logprobs: bool,
+    overloaded: type[Exception],
+    refused: tuple[type[Exception], ...],
+    failed: type[Exception],
+) -> AsyncGenerator[Chunk, None]:
+    completion_tokens = 0
+    first = True
+    while True:
+        item = await engine.run(queue.get())
+        if item is _END:
+            yield Chunk(usage=Usage(prompt_tokens=len(prompt), completion_tokens=completion_tokens))
+            return
+        if isinstance(item, overloaded):
+            raise TransientError(f"vLLM is overloaded: {one_line(str(item))}")
+        if isinstance(item, refused):
+            raise PermanentError(f"vLLM refused the request: {one_line(str(item))}")
+        if isinstance(item, failed):
+            raise PermanentError(f"vLLM engine failed: {one_line(str(item))}")
+        if isinstance(item, BaseException):
+            raise item
+        for choice in item.outputs:
+            ids = tuple(choice.token_ids)
+            completion_tokens += len(ids)
+            logprobs = None
+            if with_logprobs and choice.logprobs is not None:
+                logprobs = tuple(step[token].logprob for token, step in zip(ids, choice.logprobs, strict=True))
+            done = choice.finish_reason is not None
+            yield Chunk(
+                index=choice.index,
+                text=choice.text or "",
+                token_ids=ids,
+                logprobs=logprobs,
+                finish_reason=finish_reason(choice.finish_reason) if done else None,
+                prompt_ids=tuple(prompt) if first else None,
+            )
+            first = False
+
+
 @asynccontextmanager
 async def open_vllm_engine(config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> AsyncIterator[VLLMEngine]:
     """Start an engine without blocking the event loop; shut it down on exit,
@@ -278,4 +370,15 @@ async def open_vllm(
     engine down on exit."""
     async with open_vllm_engine(config, model) as engine:
         raw = vllm_generate(engine)
+        yield middleware(raw) if middleware is not None else raw
+
+
+@asynccontextmanager
+async def open_vllm_stream(
+    config: AsyncVLLMConfig, model: str | os.PathLike[str], *, middleware: StreamMiddleware | None = None
+) -> AsyncIterator[Stream]:
+    """Start a vLLM engine for ``model`` and yield a :data:`Stream` over it
+    (wrapped in ``middleware`` if given); shut the engine down on exit."""
+    async with open_vllm_engine(config, model) as engine:
+        raw = vllm_stream(engine)
         yield middleware(raw) if middleware is not None else raw
