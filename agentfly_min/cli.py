@@ -1,4 +1,4 @@
-"""The ``agentfly-min`` command line: ``bench``, ``rollout``, ``templates`` and ``demo``."""
+"""The ``agentfly-min`` command line: ``bench``, ``rollout``, ``run``, ``templates`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -273,6 +273,71 @@ def rollout_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- run -------------------------------------------------------------------------
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one episode and show it live: streamed text, tool calls and their
+    results, the reward at the end; ``--json`` prints the trajectory instead."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from .agent import EpisodeDone, ReasoningDelta, TextDelta, ToolCallEvent, ToolResultEvent, TurnEnd, stream_agent
+    from .runfile import load_agent, stream_transport
+
+    try:
+        agent, spec = load_agent(Path(args.config).read_bytes())
+    except ConfigError as exc:
+        print(f"agentfly-min: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    work_dir = _work_dir(args)
+    if spec.backend != "client":
+        _prepare_environment(work_dir, offline=Path(spec.model).exists())
+    console = Console(highlight=False, soft_wrap=True)
+    done: list[Any] = []
+
+    async def main() -> None:
+        async with stream_transport(agent, spec, work_dir, _device(args.device)) as (stream, tokenizer):
+            async with stream_agent(agent, stream, {"question": args.question, **_answer(args)}, tokenizer=tokenizer) as events:
+                async for event in events:
+                    if args.json:
+                        if isinstance(event, EpisodeDone):
+                            done.append(event.trajectory)
+                        continue
+                    if isinstance(event, TextDelta):
+                        console.print(Text(event.text), end="")
+                    elif isinstance(event, ReasoningDelta):
+                        console.print(Text(event.text, style="dim italic"), end="")
+                    elif isinstance(event, TurnEnd):
+                        console.print()
+                    elif isinstance(event, ToolCallEvent):
+                        console.print(Text(f"→ {event.call.function.name}({event.call.function.arguments})", style="bold cyan"))
+                    elif isinstance(event, ToolResultEvent):
+                        console.print(Text(f"← {event.message.text}", style="red" if event.failed else "green"))
+                    elif isinstance(event, EpisodeDone):
+                        done.append(event.trajectory)
+
+    try:
+        anyio.run(main, backend=args.backend_lib)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    (trajectory,) = done
+    if args.json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(trajectory)).decode() + "\n")
+    else:
+        reward = "none" if trajectory.reward is None else f"{trajectory.reward:g}"
+        summary = f"[{trajectory.finish_reason}] {trajectory.num_turns} turns, {trajectory.tool_calls} tool calls, reward {reward}"
+        console.print(Text(summary, style="bold"))
+        if trajectory.error:
+            console.print(Text(f"error: {trajectory.error}", style="red"))
+    return 1 if trajectory.error else 0
+
+
+def _answer(args: argparse.Namespace) -> dict[str, str]:
+    return {"answer": args.answer} if args.answer is not None else {}
+
+
 # --- demo ----------------------------------------------------------------------
 
 
@@ -356,6 +421,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--work-dir", default=".cache/rollout", help="caches and temp files for local engines")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="settings of a local verl stack (see bench)")
     r.set_defaults(run=rollout_command)
+
+    run = commands.add_parser("run", help="run one episode and show it live")
+    run.add_argument("--config", required=True, help="agent TOML (as for rollout)")
+    run.add_argument("question", help="the task's question")
+    run.add_argument("--answer", help="the expected answer, for the reward")
+    run.add_argument("--json", action="store_true", help="print the trajectory as JSON instead")
+    run.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
+    run.add_argument("--work-dir", default=".cache/run", help="caches and temp files for local engines")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="settings of a local stack (see bench)")
+    run.set_defaults(run=run_command)
 
     t = commands.add_parser("templates", help=templates_command.__doc__)
     t.set_defaults(run=templates_command)

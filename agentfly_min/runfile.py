@@ -16,10 +16,11 @@ from .agent import Agent, Backend, Trajectory, rollout_stream
 from .configs import AsyncVerlConfig, AsyncVLLMConfig, ClientConfig
 from .errors import ConfigError
 from .records import Generate
+from .stream import Stream
 from .templates import TemplateName
 from .tools import Tool
 
-__all__ = ["AgentSpec", "RolloutSummary", "load_agent", "iter_tasks", "read_done", "run_rollout_file"]
+__all__ = ["AgentSpec", "RolloutSummary", "load_agent", "iter_tasks", "read_done", "run_rollout_file", "stream_transport"]
 
 _TABLE: dict[str, Literal["client", "vllm", "verl"]] = {"client": "client", "async_vllm": "vllm", "async_verl": "verl"}
 
@@ -232,6 +233,30 @@ async def _transport(
             yield generate, tokenizer
     finally:
         await anyio.to_thread.run_sync(cluster.close)
+
+
+@asynccontextmanager
+async def stream_transport(
+    agent: Agent[Any], spec: AgentSpec, work_dir: Path, device: Literal["cpu", "cuda"]
+) -> AsyncIterator[tuple[Stream, Any]]:
+    """The agent's streaming transport (verl's is one chunk per turn), plus
+    a tokenizer where the transport works in tokens."""
+    from .stream import one_chunk
+    from .transports import open_stream
+
+    config = agent.config
+    if isinstance(config, ClientConfig):
+        async with open_stream(config, model=spec.model) as stream:
+            yield stream, None
+        return
+    if isinstance(config, AsyncVLLMConfig):
+        from transformers import AutoTokenizer
+
+        async with open_stream(config, model=spec.model) as stream:
+            yield stream, AutoTokenizer.from_pretrained(spec.model)
+        return
+    async with _transport(agent, spec, work_dir, device) as (generate, tokenizer):
+        yield one_chunk(generate), tokenizer
 
 
 async def run_rollout_file(

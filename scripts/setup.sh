@@ -13,6 +13,9 @@ fi
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: Python >= 3.11 is required (found $("$python" --version 2>&1))" >&2; exit 1; }
 
+# The `run` command's terminal test drives a real terminal through tmux.
+command -v tmux >/dev/null 2>&1 || { apt-get install -y -q tmux >/dev/null 2>&1 || sudo -n apt-get install -y -q tmux >/dev/null 2>&1 || echo "setup: tmux missing (the terminal test will fail)" >&2; }
+
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip

@@ -306,3 +306,45 @@ def test_bench_measures_a_fleet_behind_the_router(tmp_path: Path) -> None:
     (row,) = report.results
     assert row.transport == "fleet" and row.errors == 0 and row.tokens == 2 * 2 * 2 * 8
     assert row.raw_tokens_per_s > 0 and row.ratio_to_raw > 0
+
+
+CALL_QUESTION = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
+
+
+def test_run_shows_an_episode_live_and_as_json(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    """The fake server echoes the question, so a question that is a tool call
+    makes the echo call the calculator: text, call and result all show."""
+    fake_server.configure(chunk_delay=0.01)
+    config = str(agent_toml(tmp_path / "agent.toml", fake_server))
+    result = cli("run", "--config", config, CALL_QUESTION, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "echo: <tool_call>" in out  # the streamed text
+    assert 'calculator({"expression": "6*7"})' in out and "← 42" in out
+    assert "[max_turns] 2 turns, 1 tool calls" in out
+    as_json = cli("run", "--config", config, "--json", "--answer", "echo: hi", "hi", timeout=120)
+    assert as_json.returncode == 0, as_json.stderr
+    trajectory = msgspec.json.decode(as_json.stdout, type=Trajectory)
+    assert trajectory.messages[-1].text == "echo: hi" and trajectory.finish_reason == "answer"
+
+
+def test_run_in_a_real_terminal(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    import shutil
+
+    tmux = shutil.which("tmux")
+    assert tmux is not None, "tmux is part of the test setup (scripts/setup.sh)"
+    fake_server.configure(chunk_delay=0.05)
+    config = str(agent_toml(tmp_path / "agent.toml", fake_server))
+    session = f"agentfly-run-{tmp_path.name}"[:60]
+    done = tmp_path / "done"
+    command = f"{sys.executable} -m agentfly_min run --config {config} '{CALL_QUESTION}'; echo exit=$? > {done}; sleep 30"
+    subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", command], check=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not done.exists():
+            time.sleep(0.2)
+        screen = subprocess.run([tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=True).stdout
+    finally:
+        subprocess.run([tmux, "kill-session", "-t", session], check=False)
+    assert done.read_text().strip() == "exit=0", screen
+    assert "→ calculator(" in screen and "← 42" in screen and "[max_turns]" in screen, screen
