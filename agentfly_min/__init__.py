@@ -12,6 +12,7 @@ from .errors import (
     MalformedResponseError,
     PermanentError,
     RetriesExhaustedError,
+    StructuredOutputError,
     TransientError,
     TransportClosedError,
     TransportError,
@@ -94,4 +95,5 @@ __all__ = [
     "TransportClosedError",
     "GenerationTimeoutError",
     "RetriesExhaustedError",
+    "StructuredOutputError",
 ]

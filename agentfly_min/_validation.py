@@ -15,7 +15,11 @@ import msgspec
 
 from .errors import ConfigError
 
-__all__ = ["check_fields", "require", "require_positive"]
+__all__ = ["check_fields", "require", "require_positive", "HeaderName", "Headers"]
+
+# An HTTP header: a token for the name, no line breaks in the value.
+HeaderName = typing.Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
+Headers = dict[HeaderName, typing.Annotated[str, msgspec.Meta(pattern=r"^[^\r\n\x00]*$")]]
 
 _POSITIVE = typing.Annotated[float, msgspec.Meta(gt=0.0)]
 

@@ -8,12 +8,12 @@ decoding one (:func:`decode_config`) with an unknown or mistyped field, raises
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, TypeVar
 
 import msgspec
 from msgspec import Meta
 
-from ._validation import check_fields
+from ._validation import HeaderName, Headers, check_fields
 from .errors import ConfigError
 
 __all__ = [
@@ -166,6 +166,17 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ``session_header`` carries the request id (a trajectory's, on every
     turn): vLLM's router keeps a session on one server by it
     (``x-session-id``); None sends none.
+
+    What openai-python users set on their client: ``default_headers``,
+    ``organization`` and ``project`` go on every call (the SDK's own
+    options); ``extra_body``, ``extra_headers`` and ``extra_query`` on every
+    generation request, under a request's own. ``max_tokens_field`` names the
+    budget: OpenAI's reasoning models (o1, o3, o4, gpt-5) refuse
+    ``max_tokens`` and take ``max_completion_tokens``; ``"auto"`` sends the
+    latter to those model names and the former to everything else (vLLM
+    and most providers take both). ``azure_api_version`` set, the SDK's Azure
+    client is used, with ``base_url`` as the Azure endpoint and ``model`` as
+    the deployment.
     """
 
     base_url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+\S*$")] = "http://localhost:8000/v1"
@@ -187,7 +198,15 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_retry_after: _PositiveFloat = 60.0
     max_concurrency: _PositiveInt | None = None
     token_ids: bool = False
-    session_header: Annotated[str, Meta(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")] | None = "x-session-id"
+    session_header: HeaderName | None = "x-session-id"
+    default_headers: Headers | None = None
+    organization: str | None = None
+    project: str | None = None
+    extra_body: dict[str, Any] | None = None
+    extra_headers: Headers | None = None
+    extra_query: dict[str, str] | None = None
+    max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    azure_api_version: Annotated[str, Meta(min_length=1)] | None = None
 
     def __post_init__(self) -> None:
         key: object = self.api_key

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "AgentflyError",
     "ConfigError",
+    "StructuredOutputError",
     "TransportError",
     "TransientError",
     "PermanentError",
@@ -38,15 +39,22 @@ class ConfigError(AgentflyError, ValueError):
         self.reason = reason
 
 
+class StructuredOutputError(AgentflyError, ValueError):
+    """A model's answer is not the JSON of the type it was asked for."""
+
+
 class TransportError(AgentflyError):
     """A generation request failed.
 
-    ``status`` is the HTTP status when the transport speaks HTTP, else None.
+    ``status`` is the HTTP status when the transport speaks HTTP, else None;
+    ``request_id`` the server's id of the request (``x-request-id``), when
+    it sent one: what its operators ask for.
     """
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, status: int | None = None, request_id: str | None = None) -> None:
+        super().__init__(message if request_id is None else f"{message} (request id {request_id})")
         self.status = status
+        self.request_id = request_id
 
 
 class TransientError(TransportError):
@@ -62,8 +70,9 @@ class TransientError(TransportError):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        request_id: str | None = None,
     ) -> None:
-        super().__init__(message, status=status)
+        super().__init__(message, status=status, request_id=request_id)
         self.retry_after = retry_after
 
 
@@ -104,5 +113,6 @@ class RetriesExhaustedError(TransportError):
             f"last error: {last_error}",
             status=last_error.status,
         )
+        self.request_id = last_error.request_id
         self.attempts = attempts
         self.last_error = last_error

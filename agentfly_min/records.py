@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 import msgspec
 from msgspec import Meta
 
-from ._validation import check_fields
+from ._validation import Headers, check_fields
 from .errors import ConfigError
 
 __all__ = [
@@ -141,6 +141,12 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One generation request.
 
     Sampling fields left as None take the transport config's defaults.
+    ``presence_penalty`` and ``frequency_penalty`` are OpenAI's; ``top_k``,
+    ``min_p`` and ``repetition_penalty`` vLLM's (sent to a server in the
+    body's vLLM extensions). ``response_format`` is OpenAI's (see
+    :func:`agentfly_min.structured.json_schema_format` to make one from a
+    msgspec type). ``extra_body``, ``extra_headers`` and ``extra_query`` go
+    to an HTTP server as they are, over the config's own.
     ``regex`` constrains the output to a regular expression (vLLM's
     structured outputs; sent to OpenAI-compatible vLLM servers as
     ``structured_outputs``), e.g. to force the shape of a tool call.
@@ -164,6 +170,15 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ignore_eos: bool = False
     logit_bias: dict[int, float] | None = None
     regex: str | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
+    top_k: Annotated[int, Meta(ge=-1)] | None = None
+    min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+    response_format: dict[str, Any] | None = None
+    extra_body: dict[str, Any] | None = None
+    extra_headers: Headers | None = None
+    extra_query: dict[str, str] | None = None
     prompt_ids: tuple[int, ...] | None = None
     request_id: Annotated[str, Meta(pattern=r"^[!-~]{1,256}$")] | None = None
 
@@ -171,6 +186,24 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         check_fields(self)
         if not self.messages and self.prompt_ids is None:
             raise ConfigError("Request.messages", "a request needs messages or prompt_ids")
+        if self.response_format is not None:
+            _check_response_format(self.response_format)
+            if self.regex is not None:
+                raise ConfigError("Request.response_format", "give a response_format or a regex, not both")
+
+
+def _check_response_format(value: dict[str, Any]) -> None:
+    kind = value.get("type")
+    if kind == "json_schema":
+        inner = value.get("json_schema")
+        if not isinstance(inner, dict) or not isinstance(inner.get("schema"), dict) or not isinstance(inner.get("name"), str):
+            raise ConfigError(
+                "Request.response_format",
+                'a json_schema format needs {"json_schema": {"name": str, "schema": {...}}} '
+                "(agentfly_min.structured.json_schema_format makes one from a type)",
+            )
+    elif kind not in ("text", "json_object"):
+        raise ConfigError("Request.response_format", f'type must be "text", "json_object" or "json_schema", not {kind!r}')
 
 
 FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "abort", "content_filter"]
@@ -200,9 +233,15 @@ class Output(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         check_fields(self)
 
 
-class Usage(msgspec.Struct, frozen=True, kw_only=True):
+class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Tokens used; ``cached_tokens`` of the prompt came from the server's
+    cache and ``reasoning_tokens`` of the completion were reasoning, where
+    the server says."""
+
     prompt_tokens: _NonNegInt = 0
     completion_tokens: _NonNegInt = 0
+    cached_tokens: _NonNegInt = 0
+    reasoning_tokens: _NonNegInt = 0
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -25,6 +25,7 @@ CORE_TESTS = [
     "tests/test_configs.py",
     "tests/test_middleware.py",
     "tests/test_client.py",
+    "tests/test_client_options.py",
     "tests/test_tools.py",
     "tests/test_rewards.py",
     "tests/test_reliability.py",

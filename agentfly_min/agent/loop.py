@@ -276,7 +276,7 @@ class _Episode:
         self.tokens: _Tokens | None = None
         self.token_level = False
         self.turns = self.tool_calls = self.tool_rounds = self.attempts = 0
-        self.prompt_tokens = self.completion_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = self.reasoning_tokens = 0
         self.tool_errors: Counter[str] = Counter()
         self.retries: Counter[str] = Counter()
         self.rate_limit_seconds = 0.0
@@ -313,6 +313,8 @@ class _Episode:
         self.rate_limit_seconds += completion.rate_limit_seconds
         self.prompt_tokens += completion.usage.prompt_tokens
         self.completion_tokens += completion.usage.completion_tokens
+        self.cached_tokens += completion.usage.cached_tokens
+        self.reasoning_tokens += completion.usage.reasoning_tokens
         if completion.weight_version is not None:
             self.versions.append(completion.weight_version)
         output = completion.outputs[0]
@@ -344,7 +346,12 @@ class _Episode:
             tool_rounds=self.tool_rounds,
             tool_errors=sum(self.tool_errors.values()),
             tool_error_kinds=dict(self.tool_errors),
-            usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens),
+            usage=Usage(
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                cached_tokens=self.cached_tokens,
+                reasoning_tokens=self.reasoning_tokens,
+            ),
             attempts=self.attempts,
             retries=dict(self.retries),
             rate_limit_seconds=self.rate_limit_seconds,

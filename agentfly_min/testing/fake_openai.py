@@ -20,6 +20,14 @@ get exactly these faults, in order) or at random with a seeded rate:
 Streamed answers (``"stream": true``) come one word a chunk, ``chunk_delay``
 seconds apart, with a final usage chunk.
 
+Like OpenAI's API: models named like its reasoning models (``o1``, ``o3``,
+``gpt-5``...) refuse ``max_tokens`` and take ``max_completion_tokens``;
+``reasoning`` set, every answer carries it as ``reasoning_content``; a
+``response_format`` is answered with JSON of its schema (each field filled
+from the schema's types); usage reports cached and reasoning tokens; every
+answer has an ``x-request-id``. ``GET /_requests`` returns every request as
+received (path, query, headers, JSON body).
+
 ``models`` is what ``GET /models`` lists.
 
 Every request is logged with a server-side timestamp (``time.monotonic``),
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -46,7 +55,7 @@ from typing import Any, Literal, TypeAlias
 import anyio
 import msgspec
 
-__all__ = ["FakeOpenAIServer", "FaultKind", "ServerSettings", "LogEntry"]
+__all__ = ["FakeOpenAIServer", "FaultKind", "ServerSettings", "LogEntry", "SeenRequest"]
 
 FaultKind: TypeAlias = Literal["429", "500", "503", "400", "drop", "slow", "malformed", "empty", "context", "cut"]
 
@@ -65,6 +74,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     seed: int = 0
     models: tuple[str, ...] = (MODEL_NAME,)
     chunk_delay: float = 0.0
+    reasoning: str = ""
 
 
 class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,6 +82,16 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     outcome: str
     disconnected: bool = False
+
+
+class SeenRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A request as the server received it: what a client really sent."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: Any
 
 
 Scope: TypeAlias = MutableMapping[str, Any]
@@ -87,6 +107,7 @@ class _App:
         self.log: list[LogEntry] = []
         self.rng = random.Random(0)
         self.script: list[str] = []
+        self.seen: list[SeenRequest] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = b""
@@ -96,14 +117,22 @@ class _App:
             if not event.get("more_body", False):
                 break
         path, method = scope["path"], scope["method"]
+        if not path.startswith("/_"):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            query = scope.get("query_string", b"").decode("latin-1")
+            parsed: Any = json.loads(body) if body and headers.get("content-type", "").startswith("application/json") else None
+            self.seen.append(SeenRequest(method=method, path=path, query=query, headers=headers, body=parsed))
         if path == "/_control" and method == "POST":
             self.settings = msgspec.json.decode(body, type=ServerSettings)
             self.rng = random.Random(self.settings.seed)
             self.script = list(self.settings.script)
             self.log = []
+            self.seen = []
             await _json(send, 200, {"ok": True})
         elif path == "/_log":
             await _json(send, 200, msgspec.to_builtins(self.log))
+        elif path == "/_requests":
+            await _json(send, 200, msgspec.to_builtins(self.seen))
         elif path.endswith("/models"):
             models = [{"id": name, "object": "model", "owned_by": "me"} for name in self.settings.models]
             await _json(send, 200, {"object": "list", "data": models})
@@ -129,7 +158,12 @@ class _App:
         return "ok"
 
     async def _chat(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
-        key = next((m.get("content") or "" for m in reversed(request["messages"]) if m["role"] == "user"), "")
+        key = next((_text(m.get("content")) for m in reversed(request["messages"]) if m["role"] == "user"), "")
+        if _REASONING_MODEL.match(str(request.get("model", ""))) and "max_tokens" in request:
+            message = "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+            error = {"message": message, "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}
+            await _json(send, 400, {"error": error})
+            return
         fault = self._fault()
         entry_t = time.monotonic()
         if self.settings.latency > 0:
@@ -162,7 +196,7 @@ class _App:
         elif request.get("stream"):
             await self._stream(request, key, receive, send, cut=fault == "cut")
         else:
-            await _json(send, 200, _completion(request, key))
+            await _json(send, 200, _completion(request, key, self.settings.reasoning))
 
     async def _stream(self, request: dict[str, Any], key: str, receive: Receive, send: Send, *, cut: bool) -> None:
         """The same answer as server-sent events, one word a chunk,
@@ -183,8 +217,8 @@ class _App:
                 tg.cancel_scope.cancel()
 
     async def _events(self, request: dict[str, Any], key: str, send: Send, cut: bool, gone: anyio.Event) -> None:
-        body = _completion(request, key)
-        headers = [(b"content-type", b"text/event-stream")]
+        body = _completion(request, key, self.settings.reasoning)
+        headers = [(b"content-type", b"text/event-stream"), (b"x-request-id", f"req-fake-{random.randrange(10**9)}".encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
 
         async def event(payload: object) -> None:
@@ -192,6 +226,9 @@ class _App:
 
         sent = 0
         for choice in body["choices"]:
+            if choice["message"].get("reasoning_content"):
+                await event({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": body["model"],
+                             "choices": [{"index": choice["index"], "delta": {"reasoning_content": choice["message"]["reasoning_content"]}, "finish_reason": None}]})
             words = (choice["message"]["content"] or "").split(" ")
             for k, word in enumerate(words):
                 if cut and sent == 2:
@@ -217,14 +254,63 @@ class _App:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
-def _completion(request: dict[str, Any], key: str) -> dict[str, Any]:
-    text = f"echo: {key}"
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+
+
+def _text(content: Any) -> str:
+    # A message's content: a string, or parts (text, and images shown as a mark).
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", "")) if part.get("type") == "text" else f"[{part.get('type')}]"
+            for part in content
+            if isinstance(part, dict)
+        )
+    return str(content or "")
+
+
+def _example(schema: Any, defs: dict[str, Any], key: str, depth: int = 0) -> Any:
+    """A value that fits a JSON schema (the subset msgspec writes)."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    if "$ref" in schema:
+        return _example(defs.get(str(schema["$ref"]).rsplit("/", 1)[-1]), defs, key, depth + 1)
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for union in ("anyOf", "oneOf"):
+        if union in schema:
+            return _example(schema[union][0], defs, key, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        return {name: _example(sub, defs, key, depth + 1) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [_example(schema.get("items", {}), defs, key, depth + 1)] * max(1, int(schema.get("minItems", 1)))
+    return {"string": key, "integer": len(key.split()), "number": 0.5, "boolean": True}.get(str(kind))
+
+
+def _answer(request: dict[str, Any], key: str) -> str:
+    form = request.get("response_format") or {}
+    if form.get("type") == "json_schema":
+        schema = form.get("json_schema", {}).get("schema", {})
+        return json.dumps(_example(schema, schema.get("$defs", {}), key))
+    if form.get("type") == "json_object":
+        return json.dumps({"echo": key})
+    return f"echo: {key}"
+
+
+def _completion(request: dict[str, Any], key: str, reasoning: str = "") -> dict[str, Any]:
+    text = _answer(request, key)
     words = text.split()
-    max_tokens = int(request.get("max_tokens") or len(words))
+    max_tokens = int(request.get("max_completion_tokens") or request.get("max_tokens") or len(words))
     choice_tool = request.get("tool_choice")
     choices = []
     for index in range(int(request.get("n") or 1)):
         message: dict[str, Any] = {"role": "assistant", "content": text}
+        if reasoning:
+            message["reasoning_content"] = reasoning
         finish = "stop"
         if isinstance(choice_tool, dict):
             name = choice_tool["function"]["name"]
@@ -246,7 +332,7 @@ def _completion(request: dict[str, Any], key: str) -> dict[str, Any]:
                 "content": [{"token": w, "logprob": -0.5, "bytes": list(w.encode()), "top_logprobs": []} for w in words]
             }
         choices.append(choice)
-    prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in request["messages"])
+    prompt_tokens = sum(len(_text(m.get("content")).split()) for m in request["messages"])
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -257,6 +343,8 @@ def _completion(request: dict[str, Any], key: str) -> dict[str, Any]:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": min(max_tokens, len(words)) * len(choices),
             "total_tokens": prompt_tokens + min(max_tokens, len(words)) * len(choices),
+            "prompt_tokens_details": {"cached_tokens": prompt_tokens // 2},
+            "completion_tokens_details": {"reasoning_tokens": 1},
         },
     }
 
@@ -271,7 +359,7 @@ async def _wait_for_disconnect(receive: Receive, seconds: float) -> bool:
 
 
 async def _raw(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    headers = [*headers, (b"content-length", str(len(body)).encode()), (b"x-request-id", f"req-fake-{random.randrange(10**9)}".encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -351,6 +439,12 @@ class FakeOpenAIServer:
     def log(self) -> list[LogEntry]:
         with urllib.request.urlopen(f"{self.url}/_log", timeout=30) as response:
             return msgspec.json.decode(response.read(), type=list[LogEntry])
+
+    def requests(self) -> list[SeenRequest]:
+        """Every request the server received since the last ``configure``,
+        with its path, query, headers and JSON body."""
+        with urllib.request.urlopen(f"{self.url}/_requests", timeout=30) as response:
+            return msgspec.json.decode(response.read(), type=list[SeenRequest])
 
     def _post(self, path: str, body: bytes) -> None:
         request = urllib.request.Request(

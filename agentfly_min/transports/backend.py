@@ -20,7 +20,7 @@ __all__ = ["open_backend", "open_stream"]
 
 @overload
 def open_backend(
-    config: ClientConfig, *, model: str | None = None, middleware: Middleware | None = None
+    config: ClientConfig, *, model: str | None = None, middleware: Middleware | None = None, http_client: Any = None
 ) -> AbstractAsyncContextManager[Generate]: ...
 @overload
 def open_backend(
@@ -43,20 +43,22 @@ def open_backend(
     server: VerlServer | None = None,
     tokenizer: VerlTokenizer | None = None,
     sampling_params: Mapping[str, Any] | None = None,
+    http_client: Any = None,
 ) -> AbstractAsyncContextManager[Generate]:
     """Open the transport ``config`` describes; use as
     ``async with open_backend(config, ...) as generate: ...``.
 
     - :class:`ClientConfig`: an OpenAI-compatible endpoint; ``model``
       overrides ``config.model``; ``middleware`` replaces the default stack
-      (retry, concurrency, rate limit, timeout).
+      (retry, concurrency, rate limit, timeout); ``http_client`` is the
+      SDK's HTTP client to use (see :func:`open_client`).
     - :class:`AsyncVLLMConfig`: an in-process vLLM engine for ``model`` (a
       model folder or hub id), shut down on exit.
     - :class:`AsyncVerlConfig`: verl's rollout client ``server`` (what verl
       hands an agent loop) and the model's ``tokenizer``.
     """
     if isinstance(config, ClientConfig):
-        return open_client(config, model=None if model is None else str(model), middleware=middleware)
+        return open_client(config, model=None if model is None else str(model), middleware=middleware, http_client=http_client)
     if isinstance(config, AsyncVLLMConfig):
         if model is None:
             raise ConfigError("open_backend.model", "an AsyncVLLMConfig needs the model path (Agent.model_name_or_path)")
@@ -68,7 +70,7 @@ def open_backend(
 
 @overload
 def open_stream(
-    config: ClientConfig, *, model: str | None = None, middleware: StreamMiddleware | None = None
+    config: ClientConfig, *, model: str | None = None, middleware: StreamMiddleware | None = None, http_client: Any = None
 ) -> AbstractAsyncContextManager[Stream]: ...
 @overload
 def open_stream(
@@ -91,6 +93,7 @@ def open_stream(
     server: VerlServer | None = None,
     tokenizer: VerlTokenizer | None = None,
     sampling_params: Mapping[str, Any] | None = None,
+    http_client: Any = None,
 ) -> AbstractAsyncContextManager[Stream]:
     """The streaming twin of :func:`open_backend`: ``async with
     open_stream(config, ...) as stream:``, then ``async with stream(request)
@@ -100,7 +103,9 @@ def open_stream(
     engine streams its deltas; verl has no streaming, so its stream is one
     chunk per sample when the completion is done."""
     if isinstance(config, ClientConfig):
-        return open_client_stream(config, model=None if model is None else str(model), middleware=middleware)
+        return open_client_stream(
+            config, model=None if model is None else str(model), middleware=middleware, http_client=http_client
+        )
     if isinstance(config, AsyncVLLMConfig):
         if model is None:
             raise ConfigError("open_stream.model", "an AsyncVLLMConfig needs the model path (Agent.model_name_or_path)")

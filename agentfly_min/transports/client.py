@@ -12,6 +12,7 @@ import email.utils
 import functools
 import importlib
 import os
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
@@ -87,9 +88,28 @@ class _WireChoice(msgspec.Struct, frozen=True):
     token_ids: list[int] | None = None  # vLLM with return_token_ids
 
 
+class _WirePromptDetails(msgspec.Struct, frozen=True):
+    cached_tokens: int | None = None
+
+
+class _WireCompletionDetails(msgspec.Struct, frozen=True):
+    reasoning_tokens: int | None = None
+
+
 class _WireUsage(msgspec.Struct, frozen=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_tokens_details: _WirePromptDetails | None = None
+    completion_tokens_details: _WireCompletionDetails | None = None
+
+    def usage(self) -> Usage:
+        prompt, completion = self.prompt_tokens_details, self.completion_tokens_details
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cached_tokens=(prompt.cached_tokens or 0) if prompt is not None else 0,
+            reasoning_tokens=(completion.reasoning_tokens or 0) if completion is not None else 0,
+        )
 
 
 class _WireCompletion(msgspec.Struct, frozen=True):
@@ -151,22 +171,26 @@ def map_openai_error(error: openai.OpenAIError) -> TransportError:
     """Turn an SDK error into ours: 408, 409, 429, 5xx, timeouts and
     connection failures are transient (with the status and any
     ``Retry-After``); other statuses are permanent; an unreadable body is
-    malformed. A server's ``x-should-retry`` header overrides the status."""
+    malformed. A server's ``x-should-retry`` header overrides the status;
+    its ``x-request-id`` is kept on the error."""
     if isinstance(error, openai.APIResponseValidationError):
-        return MalformedResponseError(f"unreadable response: {error.message}", status=error.status_code)
+        return MalformedResponseError(
+            f"unreadable response: {error.message}", status=error.status_code, request_id=error.response.headers.get("x-request-id")
+        )
     if isinstance(error, openai.APIStatusError):
         status = error.status_code
         headers = error.response.headers
+        request_id = headers.get("x-request-id")
         message = f"HTTP {status}: {error.message}"
         should = headers.get("x-should-retry")
         transient = should == "true" or (
             should != "false" and (status in _TRANSIENT_STATUS or status >= 500)
         )
         if transient:
-            return TransientError(message, status=status, retry_after=_retry_after(headers))
+            return TransientError(message, status=status, retry_after=_retry_after(headers), request_id=request_id)
         if status == 400 and "maximum context length" in error.message:  # vLLM's and OpenAI's wording
-            return ContextLengthError(message, status=status)
-        return PermanentError(message, status=status)
+            return ContextLengthError(message, status=status, request_id=request_id)
+        return PermanentError(message, status=status, request_id=request_id)
     if isinstance(error, openai.APITimeoutError):
         return TransientError("request timed out")
     if isinstance(error, openai.APIConnectionError):
@@ -182,39 +206,96 @@ def _tool_choice(choice: Any) -> Any:
     return choice
 
 
-def _body(config: ClientConfig, model: str, request: Request) -> dict[str, Any]:
+_REASONING_MODEL = re.compile(r"(?:^|/)(?:o\d|gpt-5)")
+
+
+def _budget_field(config: ClientConfig, model: str) -> str:
+    if config.max_tokens_field != "auto":
+        return config.max_tokens_field
+    return "max_completion_tokens" if _REASONING_MODEL.search(model) else "max_tokens"
+
+
+def _sampling(config: ClientConfig, request: Request) -> dict[str, Any]:
+    # What both endpoints take at the top level.
     body: dict[str, Any] = {
-        "model": model,
-        "messages": msgspec.to_builtins(request.messages),
         "temperature": config.temperature if request.temperature is None else request.temperature,
         "top_p": config.top_p if request.top_p is None else request.top_p,
-        "max_tokens": config.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens,
     }
     if request.n != 1:
         body["n"] = request.n
-    if request.tools:
-        body["tools"] = msgspec.to_builtins(request.tools)
-    if request.tool_choice is not None:
-        body["tool_choice"] = _tool_choice(request.tool_choice)
     if request.stop:
         body["stop"] = list(request.stop)
     if request.seed is not None:
         body["seed"] = request.seed
-    if request.logprobs:
-        body["logprobs"] = True
     if request.logit_bias:
         body["logit_bias"] = {str(k): v for k, v in request.logit_bias.items()}
+    if request.presence_penalty is not None:
+        body["presence_penalty"] = request.presence_penalty
+    if request.frequency_penalty is not None:
+        body["frequency_penalty"] = request.frequency_penalty
     return body
 
 
-def _extra_body(request: Request) -> dict[str, Any] | None:
-    # vLLM extensions, only sent when asked for.
-    extra: dict[str, Any] = {}
+def _body(config: ClientConfig, model: str, request: Request) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": msgspec.to_builtins(request.messages),
+        **_sampling(config, request),
+        _budget_field(config, model): config.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens,
+    }
+    if request.tools:
+        body["tools"] = msgspec.to_builtins(request.tools)
+    if request.tool_choice is not None:
+        body["tool_choice"] = _tool_choice(request.tool_choice)
+    if request.logprobs:
+        body["logprobs"] = True
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    return body
+
+
+def _text_body(config: ClientConfig, model: str, request: Request) -> dict[str, Any]:
+    assert request.prompt_ids is not None
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": list(request.prompt_ids),
+        **_sampling(config, request),
+        "max_tokens": config.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens,
+    }
+    if request.logprobs:
+        body["logprobs"] = 0  # the sampled token's own logprob, no alternatives
+    return body
+
+
+def _options(config: ClientConfig, request: Request, tokens: bool) -> dict[str, Any]:
+    """The SDK's ``extra_*`` arguments: vLLM's extensions when asked for,
+    then the config's extras, then the request's, each over the last."""
+    body: dict[str, Any] = {}
     if request.ignore_eos:
-        extra["ignore_eos"] = True
+        body["ignore_eos"] = True
     if request.regex is not None:
-        extra["structured_outputs"] = {"regex": request.regex}
-    return extra or None
+        body["structured_outputs"] = {"regex": request.regex}
+    if request.top_k is not None:
+        body["top_k"] = request.top_k
+    if request.min_p is not None:
+        body["min_p"] = request.min_p
+    if request.repetition_penalty is not None:
+        body["repetition_penalty"] = request.repetition_penalty
+    if tokens:
+        body["return_token_ids"] = True
+        if request.response_format is not None:  # not an SDK argument of completions
+            body["response_format"] = request.response_format
+    body.update(config.extra_body or {})
+    body.update(request.extra_body or {})
+    # The session key rides on every turn, so a sticky router keeps a
+    # trajectory on the server that holds its prefix cache.
+    headers: dict[str, str] = {}
+    if config.session_header is not None and request.request_id is not None:
+        headers[config.session_header] = request.request_id
+    headers.update(config.extra_headers or {})
+    headers.update(request.extra_headers or {})
+    query = {**(config.extra_query or {}), **(request.extra_query or {})}
+    return {"extra_body": body or None, "extra_headers": headers or None, "extra_query": query or None}
 
 
 def _output(choice: _WireChoice) -> Output:
@@ -236,65 +317,36 @@ def _output(choice: _WireChoice) -> Output:
     )
 
 
-def _completion(body: bytes, status: int) -> Completion:
+def _completion(body: bytes, status: int, rid: str | None = None) -> Completion:
     try:
         wire = _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedResponseError(f"unreadable chat completion ({exc}): {body[:200]!r}", status=status) from None
+        raise MalformedResponseError(f"unreadable chat completion ({exc}): {body[:200]!r}", status=status, request_id=rid) from None
     if not wire.choices:
-        raise MalformedResponseError(f"the chat completion has no choices: {body[:200]!r}", status=status)
+        raise MalformedResponseError(f"the chat completion has no choices: {body[:200]!r}", status=status, request_id=rid)
     choices = sorted(wire.choices, key=lambda c: c.index)
     usage = wire.usage or _WireUsage()
     return Completion(
         outputs=tuple(_output(c) for c in choices),
-        usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
+        usage=usage.usage(),
         model=wire.model,
         prompt_ids=tuple(wire.prompt_token_ids) if wire.prompt_token_ids is not None else None,
     )
 
 
-def _headers(config: ClientConfig, request: Request) -> dict[str, str] | None:
-    # The session key rides on every turn, so a sticky router keeps a
-    # trajectory on the server that holds its prefix cache.
-    if config.session_header is None or request.request_id is None:
-        return None
-    return {config.session_header: request.request_id}
-
-
-def _text_body(config: ClientConfig, model: str, request: Request) -> dict[str, Any]:
-    assert request.prompt_ids is not None
-    body: dict[str, Any] = {
-        "model": model,
-        "prompt": list(request.prompt_ids),
-        "temperature": config.temperature if request.temperature is None else request.temperature,
-        "top_p": config.top_p if request.top_p is None else request.top_p,
-        "max_tokens": config.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens,
-    }
-    if request.n != 1:
-        body["n"] = request.n
-    if request.stop:
-        body["stop"] = list(request.stop)
-    if request.seed is not None:
-        body["seed"] = request.seed
-    if request.logprobs:
-        body["logprobs"] = 0  # the sampled token's own logprob, no alternatives
-    if request.logit_bias:
-        body["logit_bias"] = {str(k): v for k, v in request.logit_bias.items()}
-    return body
-
-
-def _text_output(choice: _WireTextChoice, want_logprobs: bool, status: int) -> Output:
+def _text_output(choice: _WireTextChoice, want_logprobs: bool, status: int, rid: str | None) -> Output:
     if choice.token_ids is None:
         raise PermanentError(
             "the server returned no token ids for a token-id prompt: token-level requests (ClientConfig.token_ids) "
             "need a vLLM server that honours return_token_ids",
             status=status,
+            request_id=rid,
         )
     logprobs = None
     if want_logprobs:
         given = choice.logprobs.token_logprobs if choice.logprobs is not None else None
         if given is None or len(given) != len(choice.token_ids) or any(lp is None for lp in given):
-            raise MalformedResponseError("the server returned no logprob for every sampled token", status=status)
+            raise MalformedResponseError("the server returned no logprob for every sampled token", status=status, request_id=rid)
         logprobs = tuple(float(lp) for lp in given if lp is not None)
     return Output(
         text=choice.text,
@@ -304,19 +356,19 @@ def _text_output(choice: _WireTextChoice, want_logprobs: bool, status: int) -> O
     )
 
 
-def _text_completion(body: bytes, status: int, want_logprobs: bool) -> Completion:
+def _text_completion(body: bytes, status: int, want_logprobs: bool, rid: str | None = None) -> Completion:
     try:
         wire = _text_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedResponseError(f"unreadable completion ({exc}): {body[:200]!r}", status=status) from None
+        raise MalformedResponseError(f"unreadable completion ({exc}): {body[:200]!r}", status=status, request_id=rid) from None
     if not wire.choices:
-        raise MalformedResponseError(f"the completion has no choices: {body[:200]!r}", status=status)
+        raise MalformedResponseError(f"the completion has no choices: {body[:200]!r}", status=status, request_id=rid)
     choices = sorted(wire.choices, key=lambda c: c.index)
     usage = wire.usage or _WireUsage()
     prompt = choices[0].prompt_token_ids
     return Completion(
-        outputs=tuple(_text_output(c, want_logprobs, status) for c in choices),
-        usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
+        outputs=tuple(_text_output(c, want_logprobs, status, rid) for c in choices),
+        usage=usage.usage(),
         model=wire.model,
         prompt_ids=tuple(prompt) if prompt is not None else None,
     )
@@ -336,15 +388,9 @@ def raw_client_generate(client: openai.AsyncOpenAI, config: ClientConfig, model:
         tokens = config.token_ids and request.prompt_ids is not None
         try:
             if tokens:
-                response: Any = await text(
-                    **_text_body(config, model, request),
-                    extra_body={**(_extra_body(request) or {}), "return_token_ids": True},
-                    extra_headers=_headers(config, request),
-                )
+                response: Any = await text(**_text_body(config, model, request), **_options(config, request, True))
             else:
-                response = await chat(
-                    **_body(config, model, request), extra_body=_extra_body(request), extra_headers=_headers(config, request)
-                )
+                response = await chat(**_body(config, model, request), **_options(config, request, False))
         except openai.NotFoundError as exc:
             if tokens:
                 raise PermanentError(
@@ -363,10 +409,11 @@ def raw_client_generate(client: openai.AsyncOpenAI, config: ClientConfig, model:
         except openai.OpenAIError as exc:
             raise map_openai_error(exc) from exc
         status = response.http_response.status_code
+        rid = response.http_response.headers.get("x-request-id")
         if tokens:
-            completion = _text_completion(response.content, status, request.logprobs)
+            completion = _text_completion(response.content, status, request.logprobs, rid)
         else:
-            completion = _completion(response.content, status)
+            completion = _completion(response.content, status, rid)
         server = response.http_response.headers.get(SERVER_HEADER)
         return msgspec.structs.replace(completion, server=server) if server else completion
 
@@ -417,12 +464,31 @@ async def _only_model(client: openai.AsyncOpenAI) -> str:
     raise ConfigError("ClientConfig.model", f"unset, and the server serves {len(names)} models; choose one of: {shown}")
 
 
+def _make_client(config: ClientConfig, http_client: Any) -> openai.AsyncOpenAI:
+    options: dict[str, Any] = {
+        "api_key": _api_key(config),
+        "organization": config.organization,
+        "project": config.project,
+        "max_retries": 0,
+        "timeout": config.timeout,
+        "default_headers": config.default_headers,
+    }
+    if http_client is not None:
+        options["http_client"] = http_client
+    if config.azure_api_version is not None:
+        # The Azure client puts the deployment (our model) in the path and
+        # the API version in the query, and sends the key as ``api-key``.
+        return openai.AsyncAzureOpenAI(azure_endpoint=config.base_url, api_version=config.azure_api_version, **options)
+    return openai.AsyncOpenAI(base_url=config.base_url, **options)
+
+
 @asynccontextmanager
 async def open_client(
     config: ClientConfig,
     *,
     model: str | None = None,
     middleware: Middleware | None = None,
+    http_client: Any = None,
 ) -> AsyncIterator[Generate]:
     """Open an ``openai.AsyncOpenAI`` client and yield a :data:`Generate`.
 
@@ -430,14 +496,12 @@ async def open_client(
     is used if it lists exactly one (looked up on entry; with several, a
     :class:`ConfigError` names them). ``middleware`` replaces the
     default stack (:func:`client_middleware`); pass ``compose()`` for the raw
-    call alone. The HTTP client is closed on exit.
+    call alone. ``http_client`` is an HTTP client of the installed SDK's
+    kind (``httpx.AsyncClient`` under openai 1.x and 2.x,
+    ``httpx2.AsyncClient`` under 3.x), for proxies, certificates or mTLS;
+    the SDK closes it on exit, as it closes its own.
     """
-    client = openai.AsyncOpenAI(
-        base_url=config.base_url,
-        api_key=_api_key(config),
-        max_retries=0,
-        timeout=config.timeout,
-    )
+    client = _make_client(config, http_client)
     async with client:
         name = model or config.model
         if name is None:
@@ -505,11 +569,11 @@ def _chunk_logprobs(raw: dict[str, Any] | None) -> tuple[float, ...] | None:
     return tuple(item.logprob for item in chat.content or ())
 
 
-def _stream_chunk(wire: _WireStreamChunk, server: str | None, status: int) -> list[Chunk]:
+def _stream_chunk(wire: _WireStreamChunk, server: str | None, status: int, rid: str | None = None) -> list[Chunk]:
     if wire.error is not None:  # vLLM reports a failure mid-stream as a data line
         code = wire.error.code if isinstance(wire.error.code, int) else None
         error_type = TransientError if code is None or code >= 500 or code in _TRANSIENT_STATUS else PermanentError
-        raise error_type(f"the stream failed: {wire.error.message}", status=code)
+        raise error_type(f"the stream failed: {wire.error.message}", status=code, request_id=rid)
     chunks: list[Chunk] = []
     for choice in wire.choices:
         delta = choice.delta
@@ -539,12 +603,13 @@ def _stream_chunk(wire: _WireStreamChunk, server: str | None, status: int) -> li
             )
         )
     if wire.usage is not None:
-        chunks.append(Chunk(usage=Usage(prompt_tokens=wire.usage.prompt_tokens, completion_tokens=wire.usage.completion_tokens), model=wire.model, server=server))
+        chunks.append(Chunk(usage=wire.usage.usage(), model=wire.model, server=server))
     return chunks
 
 
 async def _sse_chunks(response: Any, status: int) -> AsyncGenerator[Chunk, None]:
     server = response.headers.get(SERVER_HEADER)
+    rid = response.headers.get("x-request-id")
     try:
         async for line in response.iter_lines():
             if not line.startswith("data:"):
@@ -555,8 +620,8 @@ async def _sse_chunks(response: Any, status: int) -> AsyncGenerator[Chunk, None]
             try:
                 wire = _chunk_decoder.decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise MalformedResponseError(f"unreadable stream chunk ({exc}): {data[:200]!r}", status=status) from None
-            for chunk in _stream_chunk(wire, server, status):
+                raise MalformedResponseError(f"unreadable stream chunk ({exc}): {data[:200]!r}", status=status, request_id=rid) from None
+            for chunk in _stream_chunk(wire, server, status, rid):
                 yield chunk
     except openai.OpenAIError as exc:
         raise map_openai_error(exc) from exc
@@ -591,13 +656,12 @@ def raw_client_stream(client: openai.AsyncOpenAI, config: ClientConfig, model: s
             if tokens:
                 opened: Any = client.completions.with_streaming_response.create(
                     **_text_body(config, model, request), stream=True, stream_options={"include_usage": True},
-                    extra_body={**(_extra_body(request) or {}), "return_token_ids": True},
-                    extra_headers=_headers(config, request),
+                    **_options(config, request, True),
                 )  # fmt: skip
             else:
                 opened = client.chat.completions.with_streaming_response.create(
                     **_body(config, model, request), stream=True, stream_options={"include_usage": True},
-                    extra_body=_extra_body(request), extra_headers=_headers(config, request),
+                    **_options(config, request, False),
                 )  # fmt: skip
             async with opened as response:
                 async with aclosing(_sse_chunks(response, response.status_code)) as chunks:
@@ -631,12 +695,12 @@ def client_stream_middleware(config: ClientConfig) -> StreamMiddleware:
 
 @asynccontextmanager
 async def open_client_stream(
-    config: ClientConfig, *, model: str | None = None, middleware: StreamMiddleware | None = None
+    config: ClientConfig, *, model: str | None = None, middleware: StreamMiddleware | None = None, http_client: Any = None
 ) -> AsyncIterator[Stream]:
     """Open an ``openai.AsyncOpenAI`` client and yield a :data:`Stream` over
     it (wrapped in :func:`client_stream_middleware` unless ``middleware``
-    replaces it)."""
-    client = openai.AsyncOpenAI(base_url=config.base_url, api_key=_api_key(config), max_retries=0, timeout=config.timeout)
+    replaces it); ``http_client`` as for :func:`open_client`."""
+    client = _make_client(config, http_client)
     async with client:
         name = model or config.model
         if name is None:

@@ -29,6 +29,7 @@ from ..errors import ContextLengthError, PermanentError, TransientError, Transpo
 from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread
 from ._chat import prompt_ids
+from ._sampling import extra_sampling, structured_outputs
 
 __all__ = ["VerlServer", "VerlTokenOutput", "VerlTokenizer", "open_verl", "verl_generate"]
 
@@ -79,11 +80,11 @@ def _sampling(config: AsyncVerlConfig, base: Mapping[str, Any], request: Request
         params["ignore_eos"] = True
     if request.logit_bias:
         params["logit_bias"] = dict(request.logit_bias)
-    if request.regex is not None:
+    params.update(extra_sampling(request))
+    structured = structured_outputs(request)
+    if structured is not None:
         # verl's server builds vLLM's SamplingParams from this dict.
-        from vllm.sampling_params import StructuredOutputsParams
-
-        params["structured_outputs"] = StructuredOutputsParams(regex=request.regex)
+        params["structured_outputs"] = structured
     return params
 
 

@@ -36,6 +36,7 @@ from ..records import Completion, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread
 from ._chat import prompt_ids
 from ._finish import finish_reason
+from ._sampling import extra_sampling, structured_outputs
 from ..stream import Chunk, Stream, StreamMiddleware
 
 __all__ = ["VLLMEngine", "open_vllm", "open_vllm_engine", "vllm_generate", "vllm_stream", "open_vllm_stream", "engine_args"]
@@ -182,7 +183,7 @@ class VLLMEngine:
 
 def _sampling_params(request: Request, prompt_len: int, max_model_len: int, *, delta: bool = False) -> Any:
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+    from vllm.sampling_params import RequestOutputKind
 
     room = max_model_len - prompt_len
     if room < 1:
@@ -202,7 +203,8 @@ def _sampling_params(request: Request, prompt_len: int, max_model_len: int, *, d
         ignore_eos=request.ignore_eos,
         logit_bias=dict(request.logit_bias) if request.logit_bias else None,
         output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
-        structured_outputs=StructuredOutputsParams(regex=request.regex) if request.regex is not None else None,
+        structured_outputs=structured_outputs(request),
+        **extra_sampling(request),
     )
 
 
@@ -256,7 +258,11 @@ def vllm_generate(engine: VLLMEngine) -> Generate:
         outputs = tuple(_output(choice, request.logprobs) for choice in final.outputs)
         return Completion(
             outputs=outputs,
-            usage=Usage(prompt_tokens=len(prompt), completion_tokens=sum(len(o.token_ids or ()) for o in outputs)),
+            usage=Usage(
+                prompt_tokens=len(prompt),
+                completion_tokens=sum(len(o.token_ids or ()) for o in outputs),
+                cached_tokens=getattr(final, "num_cached_tokens", None) or 0,  # prefix-cache hits
+            ),
             prompt_ids=tuple(prompt),
         )
 
@@ -315,12 +321,12 @@ async def _deltas(
     refused: tuple[type[Exception], ...],
     failed: type[Exception],
 ) -> AsyncGenerator[Chunk, None]:
-    completion_tokens = 0
+    completion_tokens = cached_tokens = 0
     first = True
     while True:
         item = await engine.run(queue.get())
         if item is _END:
-            yield Chunk(usage=Usage(prompt_tokens=len(prompt), completion_tokens=completion_tokens))
+            yield Chunk(usage=Usage(prompt_tokens=len(prompt), completion_tokens=completion_tokens, cached_tokens=cached_tokens))
             return
         if isinstance(item, overloaded):
             raise TransientError(f"vLLM is overloaded: {one_line(str(item))}")
@@ -330,6 +336,7 @@ async def _deltas(
             raise PermanentError(f"vLLM engine failed: {one_line(str(item))}")
         if isinstance(item, BaseException):
             raise item
+        cached_tokens = getattr(item, "num_cached_tokens", None) or cached_tokens
         for choice in item.outputs:
             ids = tuple(choice.token_ids)
             completion_tokens += len(ids)

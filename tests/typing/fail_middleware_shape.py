@@ -14,4 +14,4 @@ def takes_requests(request: Request) -> Generate:
     raise NotImplementedError
 
 
-compose(takes_requests)  # expect: Argument 1 to "compose" has incompatible type
+compose(takes_requests)  # expect: of "compose"
