@@ -14,4 +14,4 @@ def takes_requests(request: Request) -> Generate:
     raise NotImplementedError
 
 
-compose(takes_requests)  # expect: of "compose"
+compose(takes_requests)  # expect: "compose"
