@@ -83,10 +83,12 @@ class _Sample:
         self.reasoning.append(chunk.reasoning)
         self.ids.extend(chunk.token_ids)
         if self.logprobs is not None:
-            if chunk.logprobs is not None and len(chunk.logprobs) == len(chunk.token_ids):
-                self.logprobs.extend(chunk.logprobs)
-            elif chunk.token_ids:
+            # With token ids, one logprob per id or none for the sample; in
+            # a text stream (chat), whatever logprobs come.
+            if chunk.token_ids and (chunk.logprobs is None or len(chunk.logprobs) != len(chunk.token_ids)):
                 self.logprobs = None
+            elif chunk.logprobs is not None:
+                self.logprobs.extend(chunk.logprobs)
         if self.versions is not None:
             if chunk.weight_versions is not None and len(chunk.weight_versions) == len(chunk.token_ids):
                 self.versions.extend(chunk.weight_versions)
@@ -112,7 +114,7 @@ class _Sample:
             tool_calls=calls,
             reasoning=reasoning or None,
             token_ids=tuple(self.ids) if token_level else None,
-            logprobs=tuple(self.logprobs) if token_level and self.logprobs is not None and self.ids else None,
+            logprobs=tuple(self.logprobs) if self.logprobs else None,
             weight_versions=tuple(self.versions) if token_level and self.versions is not None and self.ids else None,
         )
 

@@ -8,13 +8,15 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import msgspec
 import pytest
 
-from agentfly_min import Agent, AsyncVerlConfig, Completion, Generate, Request, TransientError, rollout
+from agentfly_min import Agent, AsyncVerlConfig, Completion, Generate, Request, TransientError, open_stream, rollout
+from agentfly_min.stream import Chunk, collect_chunks
+from agentfly_min.structured import decode_output, json_schema_format
 from agentfly_min.local._shm import shm_entries
 from agentfly_min.local.verl_cluster import VerlCluster
 from agentfly_min.tools import calculator
@@ -22,7 +24,7 @@ from agentfly_min.transports.verl import open_verl
 
 from .conftest import WORK
 from .support import says
-from .vllm_support import assert_gone, engine_children
+from .vllm_support import COMPACT_JSON, assert_gone, engine_children
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -33,7 +35,8 @@ FORCED_CALL = r'<tool_call>\n\{"name": "calculator", "arguments": \{"expression"
 def cluster(tiny_model_path: Path) -> Iterator[VerlCluster]:
     before = {p.pid for p in engine_children()}
     shm_before = shm_entries()
-    with VerlCluster(tiny_model_path, work_dir=WORK, aliases=2) as running:
+    compact = {"structured_outputs_config": COMPACT_JSON}
+    with VerlCluster(tiny_model_path, work_dir=WORK, aliases=2, engine_kwargs=compact) as running:
         started = [p for p in engine_children() if p.pid not in before]
         assert started, "Ray and the server run as child processes"
         assert shm_entries() - shm_before, "the engine's queues live in /dev/shm (else this check is void)"
@@ -70,6 +73,34 @@ async def test_n_samples_and_sampling_params_untouched(cluster: VerlCluster) -> 
         completion = await generate(Request(messages=says("hi"), n=3, ignore_eos=True, request_id="many"))
     assert len(completion.outputs) == 3 and all(len(o.token_ids or ()) == 8 for o in completion.outputs)
     assert shared == {"repetition_penalty": 1.0}
+
+
+async def test_verls_stream_is_one_chunk_that_collects_to_the_plain_completion(cluster: VerlCluster) -> None:
+    request = Request(prompt_ids=(1, 379, 201), max_new_tokens=12, ignore_eos=True, seed=5, top_k=20, min_p=0.05, request_id="streamed")
+    settings = AsyncVerlConfig(max_new_tokens=12)
+    async with open_verl(settings, cluster.client, _tokenizer(cluster)) as generate:
+        plain = await generate(request)
+    async with open_stream(settings, server=cluster.client, tokenizer=_tokenizer(cluster)) as stream:
+        chunks: list[Chunk] = []
+        async with stream(request) as incoming:
+            async for chunk in incoming:
+                chunks.append(chunk)
+    assert len(chunks) == 1  # verl has no streaming: the whole answer at once
+    streamed = collect_chunks(chunks)
+    assert [o.token_ids for o in streamed.outputs] == [o.token_ids for o in plain.outputs]
+    assert streamed.outputs[0].logprobs == pytest.approx(plain.outputs[0].logprobs, abs=1e-4)
+
+
+async def test_a_json_schema_response_format_constrains_verls_server(cluster: VerlCluster) -> None:
+    class Pick(msgspec.Struct, frozen=True):
+        choice: Literal["red", "green", "blue"]
+        ok: bool
+
+    request = Request(messages=says("pick"), max_new_tokens=64, temperature=0.0, response_format=json_schema_format(Pick), request_id="json")
+    async with open_verl(AsyncVerlConfig(max_new_tokens=64), cluster.client, _tokenizer(cluster)) as generate:
+        completion = await generate(request)
+    assert completion.outputs[0].finish_reason == "stop", completion.outputs[0].text
+    assert isinstance(decode_output(completion, Pick), Pick)
 
 
 async def test_multi_turn_episodes_are_sticky_and_token_exact(cluster: VerlCluster) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import msgspec
@@ -28,8 +29,10 @@ from agentfly_min import (
     run_agent,
 )
 from agentfly_min.local._shm import shm_entries
+from agentfly_min.stream import Chunk, collect_chunks
+from agentfly_min.structured import decode_output, json_schema_format
 from agentfly_min.tools import calculator
-from agentfly_min.transports.vllm import VLLMEngine, open_vllm, vllm_generate
+from agentfly_min.transports.vllm import VLLMEngine, open_vllm, vllm_generate, vllm_stream
 
 from .support import says
 from .vllm_support import ENGINE_CONFIG, assert_gone, engine_children
@@ -221,6 +224,15 @@ def test_unknown_engine_option_is_refused_with_a_suggestion(tiny_model_path: Pat
         VLLMEngine.start(config, tiny_model_path)
 
 
+def test_a_table_for_a_vllm_config_object_is_built_into_it(tiny_model_path: Path) -> None:
+    from agentfly_min.transports.vllm import engine_args
+
+    assert engine_args(ENGINE_CONFIG, tiny_model_path).structured_outputs_config.disable_any_whitespace is True
+    wrong = AsyncVLLMConfig(engine_args={"structured_outputs_config": {"disable_any_whitespce": True}})
+    with pytest.raises(ConfigError, match="engine_args.structured_outputs_config"):
+        engine_args(wrong, tiny_model_path)
+
+
 async def test_open_vllm_refuses_bad_input_without_leaving_anything(tmp_path: Path) -> None:
     before = engine_children()
     with pytest.raises(ConfigError):
@@ -229,3 +241,58 @@ async def test_open_vllm_refuses_bad_input_without_leaving_anything(tmp_path: Pa
     assert engine_children() == before
 
 
+
+
+async def test_a_collected_stream_is_the_completion_the_plain_call_gives(generate: Generate, engine: VLLMEngine) -> None:
+    stream = vllm_stream(engine)
+    for request in (
+        Request(messages=says("stream me"), n=2, max_new_tokens=24, logprobs=True, seed=7),
+        Request(prompt_ids=(1, 44, 45), max_new_tokens=16, ignore_eos=True, seed=3, top_k=20, min_p=0.05, repetition_penalty=1.2),
+    ):
+        plain = await generate(request)
+        chunks: list[Chunk] = []
+        async with stream(request) as incoming:
+            async for chunk in incoming:
+                chunks.append(chunk)
+        streamed = collect_chunks(chunks)
+        assert len([c for c in chunks if c.token_ids]) > len(plain.outputs)  # it came in pieces
+        assert streamed.prompt_ids == plain.prompt_ids and streamed.usage == plain.usage
+        for mine, theirs in zip(streamed.outputs, plain.outputs, strict=True):
+            assert (mine.text, mine.token_ids, mine.finish_reason) == (theirs.text, theirs.token_ids, theirs.finish_reason)
+            if theirs.logprobs is not None:
+                assert mine.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
+
+
+async def test_leaving_a_stream_early_aborts_the_request_in_the_engine(engine: VLLMEngine) -> None:
+    stream = vllm_stream(engine)
+    received = 0
+    async with stream(Request(prompt_ids=(1, 80), max_new_tokens=900, ignore_eos=True)) as incoming:
+        async for chunk in incoming:
+            received += len(chunk.token_ids)
+            if received >= 3:
+                break
+    with anyio.fail_after(10):
+        while await engine.unfinished_requests():
+            await anyio.sleep(0.05)
+    # And from a cancel scope, mid-read.
+    with anyio.move_on_after(0.5):
+        async with stream(Request(prompt_ids=(1, 81), max_new_tokens=900, ignore_eos=True)) as incoming:
+            async for chunk in incoming:
+                pass
+        raise AssertionError("900 tokens in half a second: the scope never cancelled")
+    with anyio.fail_after(10):
+        while await engine.unfinished_requests():
+            await anyio.sleep(0.05)
+
+
+class Pick(msgspec.Struct, frozen=True):
+    choice: Literal["red", "green", "blue"]
+    ok: bool
+
+
+async def test_a_json_schema_response_format_constrains_the_engine(generate: Generate) -> None:
+    form = json_schema_format(Pick)
+    request = Request(messages=says("pick a colour"), max_new_tokens=64, response_format=form, seed=1, temperature=0.0)
+    completion = await generate(request)
+    assert completion.outputs[0].finish_reason == "stop", completion.outputs[0].text
+    assert isinstance(decode_output(completion, Pick), Pick)

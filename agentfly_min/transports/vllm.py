@@ -61,15 +61,19 @@ def _check_model(model: str | os.PathLike[str]) -> str:
 def engine_args(config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> Any:
     """The ``vllm.AsyncEngineArgs`` for ``config``; ``engine_args`` keys are
     checked against vLLM's own list (a misspelt one is a :class:`ConfigError`
-    naming the closest real ones)."""
+    naming the closest real ones). A table given for one of vLLM's config
+    objects (``structured_outputs_config = {disable_any_whitespace = true}``)
+    is built into it, as vLLM's command line does."""
     from vllm import AsyncEngineArgs
 
-    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
-    for key in config.engine_args:
+    known = {f.name: f for f in dataclasses.fields(AsyncEngineArgs)}
+    extra: dict[str, Any] = {}
+    for key, value in config.engine_args.items():
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"AsyncVLLMConfig.engine_args.{key}", f"not an argument of vllm.AsyncEngineArgs{hint}")
+        extra[key] = _config_object(known[key], value, key)
     named: dict[str, Any] = {
         "tensor_parallel_size": config.tensor_parallel_size,
         "pipeline_parallel_size": config.pipeline_parallel_size,
@@ -87,7 +91,19 @@ def engine_args(config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> Any:
         "enable_prefix_caching": config.enable_prefix_caching,
     }
     named.update({k: v for k, v in optional.items() if v is not None})
-    return AsyncEngineArgs(model=_check_model(model), **named, **config.engine_args)
+    return AsyncEngineArgs(model=_check_model(model), **named, **extra)
+
+
+def _config_object(field: dataclasses.Field[Any], value: Any, key: str) -> Any:
+    if not isinstance(value, dict):
+        return value
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    if not dataclasses.is_dataclass(default) or isinstance(default, type):
+        return value
+    try:
+        return type(default)(**value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"AsyncVLLMConfig.engine_args.{key}", one_line(str(exc))) from None
 
 
 class VLLMEngine:
