@@ -7,6 +7,7 @@ server sends and :func:`msgspec.json.encode` writes what it expects.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -19,6 +20,9 @@ from .errors import ConfigError
 __all__ = [
     "Role",
     "TextPart",
+    "ImageURL",
+    "ImagePart",
+    "ContentPart",
     "FunctionCall",
     "ToolCall",
     "Message",
@@ -70,11 +74,44 @@ class TextPart(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=
     text: str
 
 
+_IMAGE_URL = re.compile(r"(?:https?://\S+|data:image/[A-Za-z0-9.+-]+;base64,[A-Za-z0-9+/=\s]*)\Z")
+
+
+class ImageURL(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Where an image is: an ``http(s)`` URL the server fetches, or a
+    ``data:image/...;base64,`` URI carrying it (what
+    :func:`agentfly_min.images.image_part` makes). ``detail`` is OpenAI's
+    resolution hint."""
+
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not _IMAGE_URL.match(self.url):
+            raise ConfigError(
+                "ImageURL.url",
+                f"an http(s) URL or a data:image/...;base64, URI, not {self.url[:60]!r} "
+                "(agentfly_min.images.image_part makes one from a file, bytes or a PIL image)",
+            )
+
+
+class ImagePart(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="image_url"):
+    """An image in a message's content, in the OpenAI shape
+    (``{"type": "image_url", "image_url": {"url": ...}}``)."""
+
+    image_url: ImageURL
+
+
+ContentPart: TypeAlias = TextPart | ImagePart
+
+
 class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A chat message in the OpenAI shape.
 
-    ``content`` is text, or a list of text parts as some clients send it
-    (:attr:`text` joins them). ``reasoning_content`` is an assistant turn's
+    ``content`` is text, or a list of parts (text and images) as OpenAI's
+    API takes it (:attr:`text` joins the text parts, :attr:`images` lists
+    the images). ``reasoning_content`` is an assistant turn's
     thinking, kept apart from its content (as OpenAI-compatible servers return
     it for reasoning models). ``tool_calls`` appears on assistant messages
     (``null`` on the wire, as the OpenAI SDK dumps it, reads as none);
@@ -83,7 +120,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """
 
     role: Role
-    content: str | tuple[TextPart, ...] | None = None
+    content: str | tuple[ContentPart, ...] | None = None
     reasoning_content: str | None = None
     tool_calls: tuple[ToolCall, ...] | None = ()
     tool_call_id: str | None = None
@@ -101,7 +138,14 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        """The image parts, in order (none for text content)."""
+        if self.content is None or isinstance(self.content, str):
+            return ()
+        return tuple(part for part in self.content if isinstance(part, ImagePart))
 
     @property
     def calls(self) -> tuple[ToolCall, ...]:

@@ -32,6 +32,7 @@ from ..errors import ConfigError, ContextLengthError
 from ..records import Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, ToolSchema, Usage
 from ..templates import MalformedToolCall, ParsedCall, ParsedTurn, Template, Turn, get_template
 from ..tools import Tool, ToolError
+from ..transports._chat import IMAGES_NOT_YET
 from ..stream import Chunk, Stream, collect_chunks
 from .agent import Agent, Task
 from .events import EpisodeDone, Event, ReasoningDelta, TextDelta, ToolCallEvent, ToolResultEvent, TurnEnd
@@ -96,6 +97,8 @@ class _Tokens:
     ) -> None:
         self._tokenizer = tokenizer
         self._template = template
+        if any(message.images for message in messages):
+            raise ValueError(IMAGES_NOT_YET)
         template.check(tokenizer)
         ids = template.prompt_ids(tokenizer, messages, tools)
         self.dropped = 0

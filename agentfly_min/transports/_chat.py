@@ -14,10 +14,26 @@ from typing import Any
 
 import msgspec
 
+from ..errors import PermanentError
 from ..records import Message, Request
 from ..templates.qwen25 import arguments_value
 
-__all__ = ["prompt_ids", "template_messages"]
+__all__ = ["prompt_ids", "template_messages", "refuse_images"]
+
+# Why token-level paths refuse images: the prompt would need the model's
+# processor to expand each image into its placeholder tokens, which the CPU
+# stack this is tested on cannot load (README, "Images").
+IMAGES_NOT_YET = (
+    "images need the chat endpoint of an OpenAI-compatible server (ClientConfig with token_ids off); "
+    "token-level prompts (the in-process vLLM and verl transports, token-id requests, a tokenizer in the "
+    "agent loop) cannot carry them yet"
+)
+
+
+def refuse_images(messages: Sequence[Message]) -> None:
+    """Raise :class:`PermanentError` if any message holds an image."""
+    if any(message.images for message in messages):
+        raise PermanentError(f"this request has images: {IMAGES_NOT_YET}")
 
 
 def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -46,7 +62,9 @@ def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
 
 def prompt_ids(tokenizer: Any, request: Request) -> list[int]:
     """The request's ``prompt_ids`` if it has them, else its messages (and
-    tools) through the tokenizer's chat template, as an OpenAI server would."""
+    tools) through the tokenizer's chat template, as an OpenAI server would.
+    Images are refused (:func:`refuse_images`), never dropped."""
+    refuse_images(request.messages)
     if request.prompt_ids is not None:
         return list(request.prompt_ids)
     ids = tokenizer.apply_chat_template(

@@ -24,6 +24,7 @@ import openai
 from ..configs import ClientConfig, Secret
 from ..errors import ConfigError, ContextLengthError, MalformedResponseError, PermanentError, TransientError, TransportError
 from ..local.server_id import HEADER as SERVER_HEADER
+from ._chat import refuse_images
 from ._finish import finish_reason
 from ..middleware import compose, concurrency_limit, estimate_tokens, rate_limit, retry, timeout
 from ..middleware.stream import stream_concurrency_limit, stream_rate_limit, stream_retry, stream_timeout
@@ -386,6 +387,8 @@ def raw_client_generate(client: openai.AsyncOpenAI, config: ClientConfig, model:
 
     async def generate(request: Request) -> Completion:
         tokens = config.token_ids and request.prompt_ids is not None
+        if tokens:
+            refuse_images(request.messages)
         try:
             if tokens:
                 response: Any = await text(**_text_body(config, model, request), **_options(config, request, True))
@@ -652,6 +655,8 @@ def raw_client_stream(client: openai.AsyncOpenAI, config: ClientConfig, model: s
     @asynccontextmanager
     async def stream(request: Request) -> AsyncIterator[AsyncIterator[Chunk]]:
         tokens = config.token_ids and request.prompt_ids is not None
+        if tokens:
+            refuse_images(request.messages)
         try:
             if tokens:
                 opened: Any = client.completions.with_streaming_response.create(
