@@ -29,6 +29,10 @@ from .vllm_support import COMPACT_JSON, assert_gone, engine_children
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 FORCED_CALL = r'<tool_call>\n\{"name": "calculator", "arguments": \{"expression": "[1-9]\*[1-9]"\}\}\n</tool_call>'
+# Later turns are held to plain words: left free, the random model samples a
+# stray <tool_call> token now and then (one token in Qwen's vocabulary), which
+# makes the episode's tool-error count depend on luck.
+PLAIN_ANSWER = r"[a-z]{1,8}( [a-z]{1,8}){0,4}"
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +50,13 @@ def cluster(tiny_model_path: Path) -> Iterator[VerlCluster]:
 
 
 def forcing_first_turn(inner: Generate) -> Generate:
-    """Make the random model call the calculator on its first turn (a regex
-    constraint), so episodes really have several turns."""
+    """Make the random model call the calculator on its first turn and answer
+    in plain words after it (regex constraints), so every episode has exactly
+    two turns whatever the random weights sample."""
 
     async def generate(request: Request) -> Completion:
         first = len(request.messages) == 1
-        return await inner(msgspec.structs.replace(request, regex=FORCED_CALL) if first else request)
+        return await inner(msgspec.structs.replace(request, regex=FORCED_CALL if first else PLAIN_ANSWER))
 
     return generate
 
@@ -126,7 +131,7 @@ async def test_multi_turn_episodes_are_sticky_and_token_exact(cluster: VerlClust
         servers_of[request_id].add(server_id)
     for t in trajectories:
         assert t.error is None, t.error
-        assert t.num_turns >= 2 and t.token_level and t.tool_errors == 0
+        assert t.num_turns == 2 and t.token_level and t.tool_errors == 0, [(m.role, m.text[:300]) for m in t.messages]
         assert len(servers_of[t.request_id]) == 1  # every turn went to one server
         assert sum(1 for rid, _ in routing if rid == t.request_id) == t.num_turns
         masked_in = [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m == 1]
