@@ -1,7 +1,11 @@
 """The client transport against a real HTTP server on 127.0.0.1 (the fake
-OpenAI server in its own process), through the real ``openai`` SDK."""
+OpenAI server in its own process), every test through both wire paths: aiohttp
+with msgspec (the default) and the real ``openai`` SDK."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
 
 import anyio
 import pytest
@@ -28,11 +32,20 @@ from .support import says, user
 
 pytestmark = pytest.mark.anyio
 
+LIBRARY: list[Literal["aiohttp", "openai"]] = ["aiohttp"]
+
+
+@pytest.fixture(autouse=True, params=["aiohttp", "openai"])
+def library(request: pytest.FixtureRequest) -> Iterator[None]:
+    LIBRARY[0] = request.param
+    yield
+    LIBRARY[0] = "aiohttp"
+
 
 def config(server: FakeOpenAIServer, **overrides: object) -> ClientConfig:
     import msgspec
 
-    base = ClientConfig(base_url=server.base_url, api_key="sk-test", timeout=10, max_retries=3)
+    base = ClientConfig(base_url=server.base_url, api_key="sk-test", timeout=10, max_retries=3, http_library=LIBRARY[0])
     return msgspec.structs.replace(base, **overrides)
 
 
@@ -105,7 +118,7 @@ async def test_too_long_retry_after_gives_up_at_once(fake_server: FakeOpenAIServ
 
 async def test_connection_refused_is_transient_and_exhausts_retries() -> None:
     with anyio.fail_after(30):
-        broken = ClientConfig(base_url="http://127.0.0.1:9/v1", model="m", max_retries=1, timeout=5)
+        broken = ClientConfig(base_url="http://127.0.0.1:9/v1", model="m", max_retries=1, timeout=5, http_library=LIBRARY[0])
         async with open_backend(broken, middleware=compose(retry(max_retries=1, initial_backoff=0.01))) as generate:
             with pytest.raises(RetriesExhaustedError) as caught:
                 await generate(user("x"))

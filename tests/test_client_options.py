@@ -5,6 +5,7 @@ refuse ``max_tokens``; a ``response_format`` gets JSON of its schema)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import msgspec
@@ -33,9 +34,19 @@ from .support import says
 
 pytestmark = pytest.mark.anyio
 
+LIBRARY: list[Literal["aiohttp", "openai"]] = ["aiohttp"]
+
+
+@pytest.fixture(autouse=True, params=["aiohttp", "openai"])
+def library(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every option on both wire paths (aiohttp with msgspec, and the SDK)."""
+    LIBRARY[0] = request.param
+    yield
+    LIBRARY[0] = "aiohttp"
+
 
 def config(server: FakeOpenAIServer, **overrides: Any) -> ClientConfig:
-    settings: dict[str, Any] = {"model": "fake-echo", "timeout": 10, "max_retries": 0, **overrides}
+    settings: dict[str, Any] = {"model": "fake-echo", "timeout": 10, "max_retries": 0, "http_library": LIBRARY[0], **overrides}
     return ClientConfig(base_url=server.base_url, api_key="k", **settings)
 
 
@@ -82,6 +93,10 @@ async def test_default_headers_organization_and_project_go_on_every_call(fake_se
 
 
 async def test_a_user_supplied_http_client_carries_the_requests(fake_server: FakeOpenAIServer) -> None:
+    if LIBRARY[0] == "aiohttp":
+        with pytest.raises(ConfigError, match="goes through the openai SDK"):
+            async with open_backend(config(fake_server), http_client=object()):
+                pass
     fake_server.configure()
     sent: list[str] = []
 
@@ -91,7 +106,7 @@ async def test_a_user_supplied_http_client_carries_the_requests(fake_server: Fak
     # The SDK's own kind of HTTP client, with a hook as a proxy or an mTLS
     # setup would have its transport.
     mine = openai.DefaultAsyncHttpxClient(event_hooks={"request": [record]})
-    async with open_backend(config(fake_server), http_client=mine) as generate:
+    async with open_backend(config(fake_server, http_library="auto"), http_client=mine) as generate:
         completion = await generate(Request(messages=says("through mine")))
     assert completion.outputs[0].text == "echo: through mine"
     assert sent == [f"{fake_server.base_url}/chat/completions"]
@@ -228,6 +243,9 @@ async def test_the_server_request_id_is_on_every_error(fake_server: FakeOpenAISe
 
 async def test_azure_goes_through_the_sdks_azure_client(fake_server: FakeOpenAIServer) -> None:
     fake_server.configure(models=("my-deployment",))
+    if LIBRARY[0] == "aiohttp":
+        with pytest.raises(ConfigError, match="Azure goes through the openai SDK"):
+            ClientConfig(base_url=fake_server.url, azure_api_version="2024-10-21", http_library="aiohttp")
     settings = ClientConfig(
         base_url=fake_server.url, api_key="azure-key", model="my-deployment", azure_api_version="2024-10-21", max_retries=0
     )
@@ -238,3 +256,18 @@ async def test_azure_goes_through_the_sdks_azure_client(fake_server: FakeOpenAIS
     assert seen.path == "/openai/deployments/my-deployment/chat/completions"
     assert seen.query == "api-version=2024-10-21"
     assert seen.headers["api-key"] == "azure-key"  # Azure's header (older SDKs also send a bearer)
+
+
+@pytest.mark.parametrize(
+    ("library", "extra", "agent"),
+    [("auto", {}, "aiohttp/"), ("aiohttp", {}, "aiohttp/"), ("openai", {}, "OpenAI/Python"), ("auto", {"azure_api_version": "2024-10-21"}, "OpenAI/Python")],
+)
+async def test_the_wire_path_is_the_one_chosen(fake_server: FakeOpenAIServer, library: str, extra: dict[str, str], agent: str) -> None:
+    if LIBRARY[0] == "openai":
+        pytest.skip("the library is the parameter here")
+    fake_server.configure(models=("fake-echo",))
+    settings = ClientConfig(base_url=fake_server.url, api_key="k", model="fake-echo", max_retries=0, http_library=library, **extra)  # type: ignore[arg-type]
+    async with open_backend(settings) as generate:
+        await generate(Request(messages=says("which")))
+    (seen,) = chats(fake_server)
+    assert agent in seen.headers["user-agent"], seen.headers["user-agent"]

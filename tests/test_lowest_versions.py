@@ -31,7 +31,7 @@ CORE_TESTS = [
     "tests/test_reliability.py",
 ]
 # What those tests need besides the package's own dependencies (any version).
-TEST_TOOLS = ["pytest", "trio", "hypothesis", "uvicorn", "starlette", "psutil"]
+TEST_TOOLS = ["pytest", "trio", "hypothesis", "uvicorn", "starlette", "psutil", "pillow"]
 
 
 def floors() -> dict[str, str]:
@@ -53,7 +53,7 @@ def _release(version: str) -> tuple[int, ...]:
 
 def test_core_tests_pass_with_every_core_dependency_at_its_floor() -> None:
     pins = floors()
-    assert set(pins) == {"anyio", "msgspec", "openai", "docstring-parser"}
+    assert set(pins) == {"anyio", "msgspec", "openai", "docstring-parser", "aiohttp"}
     venv = CACHE / "lowest-deps"
     python = venv / "bin" / "python"
     if not python.exists():

@@ -75,6 +75,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     models: tuple[str, ...] = (MODEL_NAME,)
     chunk_delay: float = 0.0
     reasoning: str = ""
+    record_requests: bool = True  # off for benchmarks: keeping every request costs the server CPU
 
 
 class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,7 +118,7 @@ class _App:
             if not event.get("more_body", False):
                 break
         path, method = scope["path"], scope["method"]
-        if not path.startswith("/_"):
+        if self.settings.record_requests and not path.startswith("/_"):
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             query = scope.get("query_string", b"").decode("latin-1")
             parsed: Any = json.loads(body) if body and headers.get("content-type", "").startswith("application/json") else None

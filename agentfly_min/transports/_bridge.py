@@ -16,23 +16,36 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
-import anyio.lowlevel
-from anyio import RunFinishedError
 
 __all__ = ["AsyncioThread", "wait_future"]
 
 T = TypeVar("T")
 
 
+def _scheduler() -> Callable[[Callable[[], object]], object]:
+    """A thread-safe "call this soon" for the running event loop.
+
+    Through each loop's own public hook: anyio's cross-backend one
+    (``backend_class.run_sync_soon``) is internal and missing from anyio 4.11,
+    our floor, and ``anyio.from_thread.run_sync`` would block the engine's
+    thread until the caller's loop gets round to it."""
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:  # not asyncio: anyio's only other backend is trio
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+
+
 async def wait_future(future: concurrent.futures.Future[T]) -> T:
     """Await a future completed on another thread; cancel it if we are cancelled."""
-    token = anyio.lowlevel.current_token()
+    schedule = _scheduler()
     done = anyio.Event()
 
     def wake(_: concurrent.futures.Future[T]) -> None:
         try:
-            token.backend_class.run_sync_soon(done.set, (), token.native_token)
-        except RunFinishedError:
+            schedule(done.set)
+        except RuntimeError:  # asyncio's closed loop; trio's RunFinishedError is one too
             pass  # the caller's loop is gone; nobody is waiting any more
 
     future.add_done_callback(wake)

@@ -168,6 +168,22 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def status_error(status: int, headers: Mapping[str, str], message: str) -> TransportError:
+    """The typed error for an HTTP error status: 408, 409, 429 and 5xx are
+    transient (with any ``Retry-After``), a "maximum context length" 400 a
+    :class:`ContextLengthError`, the rest permanent; ``x-should-retry``
+    overrides the status and ``x-request-id`` is kept."""
+    request_id = headers.get("x-request-id")
+    text = f"HTTP {status}: {message}"
+    should = headers.get("x-should-retry")
+    transient = should == "true" or (should != "false" and (status in _TRANSIENT_STATUS or status >= 500))
+    if transient:
+        return TransientError(text, status=status, retry_after=_retry_after(headers), request_id=request_id)
+    if status == 400 and "maximum context length" in message:  # vLLM's and OpenAI's wording
+        return ContextLengthError(text, status=status, request_id=request_id)
+    return PermanentError(text, status=status, request_id=request_id)
+
+
 def map_openai_error(error: openai.OpenAIError) -> TransportError:
     """Turn an SDK error into ours: 408, 409, 429, 5xx, timeouts and
     connection failures are transient (with the status and any
@@ -179,19 +195,7 @@ def map_openai_error(error: openai.OpenAIError) -> TransportError:
             f"unreadable response: {error.message}", status=error.status_code, request_id=error.response.headers.get("x-request-id")
         )
     if isinstance(error, openai.APIStatusError):
-        status = error.status_code
-        headers = error.response.headers
-        request_id = headers.get("x-request-id")
-        message = f"HTTP {status}: {error.message}"
-        should = headers.get("x-should-retry")
-        transient = should == "true" or (
-            should != "false" and (status in _TRANSIENT_STATUS or status >= 500)
-        )
-        if transient:
-            return TransientError(message, status=status, retry_after=_retry_after(headers), request_id=request_id)
-        if status == 400 and "maximum context length" in error.message:  # vLLM's and OpenAI's wording
-            return ContextLengthError(message, status=status, request_id=request_id)
-        return PermanentError(message, status=status, request_id=request_id)
+        return status_error(error.status_code, error.response.headers, error.message)
     if isinstance(error, openai.APITimeoutError):
         return TransientError("request timed out")
     if isinstance(error, openai.APIConnectionError):
@@ -467,6 +471,14 @@ async def _only_model(client: openai.AsyncOpenAI) -> str:
     raise ConfigError("ClientConfig.model", f"unset, and the server serves {len(names)} models; choose one of: {shown}")
 
 
+def _use_aiohttp(config: ClientConfig, http_client: Any) -> bool:
+    if config.http_library == "aiohttp":
+        if http_client is not None:
+            raise ConfigError("open_client.http_client", 'an HTTP client of your own goes through the openai SDK: http_library "openai" or "auto"')
+        return True
+    return config.http_library == "auto" and config.azure_api_version is None and http_client is None
+
+
 def _make_client(config: ClientConfig, http_client: Any) -> openai.AsyncOpenAI:
     options: dict[str, Any] = {
         "api_key": _api_key(config),
@@ -503,13 +515,22 @@ async def open_client(
     kind (``httpx.AsyncClient`` under openai 1.x and 2.x,
     ``httpx2.AsyncClient`` under 3.x), for proxies, certificates or mTLS;
     the SDK closes it on exit, as it closes its own.
+
+    Plain calls go over aiohttp unless ``config.http_library`` says
+    ``"openai"`` or the SDK is needed (Azure, an ``http_client``).
     """
+    stack = client_middleware(config) if middleware is None else middleware
+    if _use_aiohttp(config, http_client):
+        from ._aiohttp import open_aiohttp_generate
+
+        async with open_aiohttp_generate(config, model or config.model) as (raw, _):
+            yield stack(raw)
+        return
     client = _make_client(config, http_client)
     async with client:
         name = model or config.model
         if name is None:
             name = await _only_model(client)
-        stack = client_middleware(config) if middleware is None else middleware
         yield stack(raw_client_generate(client, config, name))
 
 

@@ -1,0 +1,200 @@
+"""The lean wire path of the client transport: aiohttp and msgspec.
+
+One process driving a fleet of GPU servers is CPU-bound on its HTTP client.
+The openai SDK spends about 2 ms of CPU per request here (httpx, pydantic,
+its own retry and header machinery); aiohttp with msgspec about 0.1 ms. This
+path sends the same bodies the SDK path builds, reads the answers with the
+same msgspec decoders into the same records, and raises the same typed
+errors, so the middleware above it cannot tell the two apart.
+
+aiohttp is bound to asyncio. On trio the session lives on an asyncio loop on
+a thread of its own (as the vLLM engine does) and calls are bridged to it;
+cancelling a call cancels it there, which closes its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import aiohttp
+import anyio
+import msgspec
+
+from ..configs import ClientConfig
+from ..errors import ConfigError, ContextLengthError, PermanentError, TransientError
+from ..local.server_id import HEADER as SERVER_HEADER
+from ..records import Completion, Generate, Request
+from ._bridge import AsyncioThread
+from ._chat import refuse_images
+from .client import _api_key, _body, _completion, _options, _text_body, _text_completion, status_error
+
+__all__ = ["open_aiohttp_generate"]
+
+
+def _headers(config: ClientConfig) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {_api_key(config)}", "Content-Type": "application/json", "Accept": "application/json"}
+    if config.organization is not None:
+        headers["OpenAI-Organization"] = config.organization
+    if config.project is not None:
+        headers["OpenAI-Project"] = config.project
+    headers.update(config.default_headers or {})
+    return headers
+
+
+def _message(body: bytes) -> str:
+    # OpenAI: {"error": {"message": ...}}; vLLM and others: {"message": ...},
+    # {"detail": ...} or {"error": "..."}; anything else as text.
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body[:500].decode("utf-8", "replace")
+    if isinstance(parsed, dict):
+        error = parsed.get("error", parsed)
+        if isinstance(error, dict):
+            for key in ("message", "detail"):
+                if isinstance(error.get(key), str):
+                    return str(error[key])
+        if isinstance(error, str):
+            return error
+    return body[:500].decode("utf-8", "replace")
+
+
+class _Model(msgspec.Struct):
+    id: str
+
+
+class _Page(msgspec.Struct):
+    data: list[_Model] = []
+
+
+class _Wire:
+    """One aiohttp session (on the loop it was made on) and the calls."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.base = config.base_url.rstrip("/")
+        # No pool cap: concurrency is the middleware's job (aiohttp's default
+        # of 100 connections would queue requests invisibly).
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            headers=_headers(config),
+            timeout=aiohttp.ClientTimeout(total=config.timeout),
+            json_serialize=lambda value: msgspec.json.encode(value).decode(),
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def models(self) -> list[str]:
+        body, status, headers = await self._send("GET", f"{self.base}/models", None, None, None)
+        if status >= 400:
+            raise status_error(status, headers, _message(body))
+        try:
+            return [m.id for m in msgspec.json.decode(body, type=_Page).data]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise PermanentError(f"unreadable model list ({exc}): {body[:200]!r}", status=status) from None
+
+    async def _send(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None, query: Mapping[str, str] | None
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        try:
+            async with self.session.request(method, url, data=body, headers=headers, params=query) as response:
+                return await response.read(), response.status, response.headers
+        except asyncio.TimeoutError:
+            raise TransientError("request timed out") from None
+        except aiohttp.ClientError as exc:  # refused, reset, cut off mid-body
+            raise TransientError(f"connection failed: {type(exc).__name__}: {exc}") from exc
+
+    async def generate(self, model: str, request: Request) -> Completion:
+        config = self.config
+        tokens = config.token_ids and request.prompt_ids is not None
+        if tokens:
+            refuse_images(request.messages)
+        body = _text_body(config, model, request) if tokens else _body(config, model, request)
+        options = _options(config, request, tokens)
+        if options["extra_body"]:
+            body.update(options["extra_body"])
+        url = f"{self.base}/completions" if tokens else f"{self.base}/chat/completions"
+        raw, status, headers = await self._send("POST", url, msgspec.json.encode(body), options["extra_headers"], options["extra_query"])
+        rid = headers.get("x-request-id")
+        if status >= 400:
+            message = _message(raw)
+            error = status_error(status, headers, message)
+            if tokens and status == 404:
+                raise PermanentError(
+                    "the server has no /completions endpoint for token-id prompts (token-level requests need a vLLM "
+                    f"server): HTTP 404: {message}",
+                    status=404,
+                    request_id=rid,
+                )
+            if tokens and status == 400 and not isinstance(error, ContextLengthError):
+                raise PermanentError(
+                    f"the server refused a token-id prompt (token-level requests need a vLLM server): HTTP 400: {message}",
+                    status=400,
+                    request_id=rid,
+                )
+            raise error
+        completion = _text_completion(raw, status, request.logprobs, rid) if tokens else _completion(raw, status, rid)
+        server = headers.get(SERVER_HEADER)
+        return msgspec.structs.replace(completion, server=server) if server else completion
+
+
+@asynccontextmanager
+async def open_aiohttp_generate(config: ClientConfig, model: str | None) -> AsyncIterator[tuple[Generate, str]]:
+    """Yield the raw :data:`Generate` over aiohttp and the model's name
+    (``model``, else the server's only one). On asyncio the session is on
+    the caller's loop; on trio (or anything else) on an asyncio thread."""
+    if _on_asyncio():
+        wire = _Wire(config)
+        try:
+            name = model or await _only(await wire.models())
+
+            async def generate(request: Request) -> Completion:
+                return await wire.generate(name, request)
+
+            yield generate, name
+        finally:
+            with anyio.CancelScope(shield=True):
+                await wire.close()
+        return
+    thread = AsyncioThread("agentfly-aiohttp")
+    try:
+        wire = await thread.run(_make(config))
+        try:
+            name = model or await _only(await thread.run(wire.models()))
+
+            async def bridged(request: Request) -> Completion:
+                return await thread.run(wire.generate(name, request))
+
+            yield bridged, name
+        finally:
+            with anyio.CancelScope(shield=True):
+                await thread.run(wire.close())
+    finally:
+        thread.stop()
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # trio (or another loop): no asyncio loop running here
+        return False
+    return True
+
+
+async def _make(config: ClientConfig) -> _Wire:
+    return _Wire(config)  # made on the loop that will use it
+
+
+async def _only(names: list[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ConfigError("ClientConfig.model", "unset, and the server lists no models")
+    shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+    raise ConfigError("ClientConfig.model", f"unset, and the server serves {len(names)} models; choose one of: {shown}")
+
