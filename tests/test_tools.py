@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import threading
 from typing import Annotated
 
 import anyio
@@ -75,6 +76,18 @@ async def test_call_validates_and_runs_sync_and_async_tools() -> None:
         await search.call('{"q": "x"}')
     with pytest.raises(msgspec.DecodeError):
         await search.call('{"query": ')
+
+
+@pytest.mark.anyio
+async def test_a_sync_tool_runs_in_a_worker_thread_unless_declared_non_blocking() -> None:
+    def where() -> int:
+        """Which thread runs it."""
+        return threading.get_ident()
+
+    here = str(threading.get_ident())
+    assert await tool(where).call("{}") != here  # may block: off the event loop
+    assert await tool(blocking=False)(where).call("{}") == here  # cheap: inline, no thread hop
+    assert not calculator.blocking
 
 
 def test_undescribed_tools_are_refused_when_decorated() -> None:

@@ -97,7 +97,7 @@ def evaluate(expression: str) -> str:
         raise ToolError("expression is nested too deeply") from None
 
 
-@tool
+@tool(blocking=False)  # bounded input and results: microseconds, no thread needed
 def calculator(expression: Annotated[str, Meta(min_length=1, max_length=MAX_CHARS)]) -> str:
     """Evaluate an arithmetic expression and return the result.
 

@@ -30,7 +30,9 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
 
     ``schema`` is what the model is shown; ``arguments`` is the struct type
     that the model's JSON arguments are decoded into (and validated by).
-    ``timeout`` bounds one call, in seconds.
+    ``timeout`` bounds one call, in seconds. A sync tool runs in a worker
+    thread unless ``blocking`` is False (declared cheap: it runs inline, on
+    the event loop, which saves a thread hop per call).
     """
 
     name: str
@@ -40,6 +42,7 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
     arguments: type[msgspec.Struct]
     is_async: bool
     timeout: float = 30.0
+    blocking: bool = True
 
     async def call(self, arguments_json: str) -> str:
         """Validate the model's arguments and run the tool; raise
@@ -50,6 +53,8 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
         kwargs = msgspec.structs.asdict(decoded)
         if self.is_async:
             result = await self.function(**kwargs)
+        elif not self.blocking:
+            result = self.function(**kwargs)
         else:
             # A sync tool runs in a worker thread, so a slow one does not stall
             # the event loop; if it overruns its timeout the thread is left to
@@ -73,7 +78,7 @@ def _schema(name: str, fields: list[tuple[str, Any, Any]]) -> tuple[type[msgspec
     return struct, body
 
 
-def _build(function: ToolFunction, name: str | None, timeout: float) -> Tool:
+def _build(function: ToolFunction, name: str | None, timeout: float, blocking: bool) -> Tool:
     if not (inspect.isfunction(function) or inspect.ismethod(function)):
         shown = name or type(function).__name__
         raise ConfigError(
@@ -125,15 +130,16 @@ def _build(function: ToolFunction, name: str | None, timeout: float) -> Tool:
         arguments=arguments,
         is_async=inspect.iscoroutinefunction(function),
         timeout=timeout,
+        blocking=blocking,
     )
 
 
 @overload
 def tool(function: ToolFunction, /) -> Tool: ...
 @overload
-def tool(*, name: str | None = None, timeout: float = 30.0) -> Callable[[ToolFunction], Tool]: ...
+def tool(*, name: str | None = None, timeout: float = 30.0, blocking: bool = True) -> Callable[[ToolFunction], Tool]: ...
 def tool(
-    function: ToolFunction | None = None, /, *, name: str | None = None, timeout: float = 30.0
+    function: ToolFunction | None = None, /, *, name: str | None = None, timeout: float = 30.0, blocking: bool = True
 ) -> Tool | Callable[[ToolFunction], Tool]:
     """Make a :class:`Tool` from a typed function, sync or async.
 
@@ -142,9 +148,15 @@ def tool(
     Schema from the signature, ``Annotated[..., msgspec.Meta(...)]``
     constraints included. Missing descriptions are an error here, at
     decoration time. Use as ``@tool`` or ``@tool(name=..., timeout=...)``.
+
+    A sync function runs in a worker thread, so a slow one cannot stall the
+    event loop; ``@tool(blocking=False)`` declares it cheap (a lookup, a
+    small computation) and runs it inline, without the thread hop. (Its
+    ``timeout`` then cannot interrupt it: only a function that returns
+    quickly should say so.)
     """
     require_positive("tool.timeout", timeout)
     if function is not None:
-        return _build(function, name, timeout)
-    return lambda f: _build(f, name, timeout)
+        return _build(function, name, timeout, blocking)
+    return lambda f: _build(f, name, timeout, blocking)
 
