@@ -67,6 +67,27 @@ def _transports(text: str) -> tuple[Any, ...]:
     return names
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (0.05 for +/-5%), got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text}")
+    return value
+
+
+def _rounds(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"an interval needs two rounds or more, got {text}")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -136,6 +157,9 @@ def bench(args: argparse.Namespace) -> int:
     from .testing import tiny_model
 
     console = Console(stderr=True)
+    if args.min_rounds > args.max_rounds:  # before building anything
+        print(f"agentfly-min bench: --min-rounds {args.min_rounds} is more than --max-rounds {args.max_rounds}", file=sys.stderr)
+        return 2
     if args.model is not None:
         problem = _not_a_model(Path(args.model))
         if problem:
@@ -156,18 +180,25 @@ def bench(args: argparse.Namespace) -> int:
         model, random_weights = str(Path(args.model).resolve()), False
     device = _device(args.device)
     console.print(f"Device: {device}" + (" (no GPU found: CPU settings)" if device == "cpu" and args.device == "auto" else ""))
-    options = BenchOptions(
-        model=model,
-        random_weights=random_weights,
-        transports=args.transports,
-        workload=Workload(tasks=args.tasks, chains=args.chains, turns=args.turns, new_tokens=args.new_tokens, template=args.template),
-        concurrency_levels=args.concurrency,
-        loop=args.backend_lib,
-        work_dir=str(work_dir),
-        repeat=args.repeat,
-        device=device,
-        servers=args.servers,
-    )
+    try:
+        options = BenchOptions(
+            model=model,
+            random_weights=random_weights,
+            transports=args.transports,
+            workload=Workload(tasks=args.tasks, chains=args.chains, turns=args.turns, new_tokens=args.new_tokens, template=args.template),
+            concurrency_levels=args.concurrency,
+            loop=args.backend_lib,
+            work_dir=str(work_dir),
+            target=args.target,
+            budget_seconds=args.budget,
+            min_rounds=args.min_rounds,
+            max_rounds=args.max_rounds,
+            device=device,
+            servers=args.servers,
+        )
+    except ConfigError as exc:
+        print(f"agentfly-min bench: {exc}", file=sys.stderr)
+        return 2
     latest: list[BenchReport] = []
     failures: dict[str, str] = {}
     interrupted = False
@@ -402,7 +433,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrency", type=_levels, default=(1, 4, 16), help="chains in flight, comma-separated levels")
     b.add_argument("--template", type=_template_name, default="qwen2.5", help="the chat family whose prompts and splices the workload uses")
     b.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
-    b.add_argument("--repeat", type=_positive, default=3, help="rounds per measurement (ours and raw alternate); medians reported")
+    b.add_argument(
+        "--target", type=_fraction, default=0.05,
+        help="add rounds until the ratio's 95%% interval is within this fraction of it (0.05: +/-5%%)",
+    )  # fmt: skip
+    b.add_argument("--budget", type=_seconds, default=120.0, help="seconds of rounds per row at most (after its warm-up round)")
+    b.add_argument("--min-rounds", type=_rounds, default=3, help="counted rounds per row at least (ours and raw each; 2 or more)")
+    b.add_argument("--max-rounds", type=_rounds, default=50, help="counted rounds per row at most")
     b.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
     b.add_argument("--work-dir", default=".cache/bench", help="models, caches and temp files")
     b.add_argument(

@@ -10,33 +10,34 @@ and the routing, not the model).
   from each server's ``/metrics`` and tokens/s, on the same servers.
 - Our client transport vs the bare SDK, the same token-id requests through
   the same router.
-Ratios are taken within one run; each pair alternates and repeats.
+Ratios are taken within one run: paired rounds in a random order, until
+the 95% interval is narrow or the budget is spent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 import openai
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from agentfly_min import ClientConfig
-from agentfly_min.bench.raw import openai_raw_step, openai_token_raw_step, vllm_raw_step
+from agentfly_min.bench.raw import openai_token_raw_step
 from agentfly_min.bench.workload import RunStats, Workload, generate_step, run_workload
 from agentfly_min.local.fleet import Fleet
 from agentfly_min.transports.client import open_client
 
-from .conftest import WORK, RatioReporter
+from .conftest import WORK, RatioReporter, paired, timed
 
 WORKLOAD = Workload(tasks=8, chains=2, turns=4, new_tokens=32, concurrency=8)
-ROUNDS = 3
+ROUNDS = 3  # per policy, sticky vs round-robin (the router restarts between)
+SETTINGS: dict[str, Any] = {"budget_seconds": 90.0, "min_rounds": 3}
 
 
 @pytest.fixture(scope="module")
@@ -63,37 +64,21 @@ async def bare_tokens(base_url: str, model: str, tokenizer: Any, workload: Workl
         return await run_workload(openai_token_raw_step(client, model), workload, tokenizer)
 
 
-async def bare_chat(base_url: str, model: str, tokenizer: Any, workload: Workload = WORKLOAD) -> RunStats:
-    async with openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", timeout=300, max_retries=0) as client:
-        return await run_workload(openai_raw_step(client, model), workload, tokenizer)
-
-
 def median_tps(runs: list[RunStats]) -> float:
     return statistics.median(r.tokens_per_s for r in runs)
 
 
-def p99_ms(runs: list[RunStats]) -> float:
-    return 1000 * statistics.median(r.latency(0.99) for r in runs)
-
-
 def test_token_ids_vs_chat_on_one_server(benchmark: BenchmarkFixture, report_ratio: RatioReporter, fleet: Fleet, tokenizer: Any, tiny_model_path: Path) -> None:
     one = f"http://127.0.0.1:{fleet.servers[0].port}/v1"
-    anyio.run(lambda: ours(one, fleet.model, tokenizer, token_ids=True, workload=msgspec.structs.replace(WORKLOAD, turns=1)))  # warm-up
-    tokens: list[RunStats] = []
-    chat: list[RunStats] = []
-    for _ in range(ROUNDS):
-        tokens.append(anyio.run(lambda: ours(one, fleet.model, tokenizer, token_ids=True)))
-        chat.append(anyio.run(lambda: ours(one, fleet.model, tokenizer, token_ids=False)))
-    benchmark.pedantic(lambda: anyio.run(lambda: ours(one, fleet.model, tokenizer, token_ids=True)), rounds=1, iterations=1)
-    ratio = median_tps(tokens) / median_tps(chat)
-    benchmark.extra_info.update(
-        token_tps=median_tps(tokens), chat_tps=median_tps(chat), token_p99_ms=p99_ms(tokens), chat_p99_ms=p99_ms(chat), ratio=ratio
-    )
-    report_ratio(
+
+    def side(token_ids: bool) -> Callable[[], float]:
+        return lambda: anyio.run(lambda: ours(one, fleet.model, tokenizer, token_ids=token_ids)).tokens
+
+    label = (
         f"one server, {WORKLOAD.tasks}x{WORKLOAD.chains} chains x {WORKLOAD.turns} turns x {WORKLOAD.new_tokens} tokens: "
-        f"token ids {median_tps(tokens):,.0f} tok/s (p99 turn {p99_ms(tokens):.0f} ms) vs chat {median_tps(chat):,.0f} tok/s "
-        f"(p99 {p99_ms(chat):.0f} ms): x{ratio:.2f}"
+        "token ids over chat, tokens/s"
     )
+    paired(benchmark, report_ratio, label, timed(side(True)), timed(side(False)), **SETTINGS)
 
 
 def test_in_process_engine_reference(benchmark: BenchmarkFixture, report_ratio: RatioReporter, fleet: Fleet, tokenizer: Any, tiny_model_path: Path) -> None:
@@ -105,18 +90,16 @@ def test_in_process_engine_reference(benchmark: BenchmarkFixture, report_ratio: 
     one = f"http://127.0.0.1:{fleet.servers[0].port}/v1"
     engine = VLLMEngine.start(cpu_engine_config(), tiny_model_path)
     try:
-        engine.run_blocking(run_workload(vllm_raw_step(engine), msgspec.structs.replace(WORKLOAD, turns=1), tokenizer))
-        inproc: list[RunStats] = []
-        http: list[RunStats] = []
-        for _ in range(ROUNDS):
-            inproc.append(anyio.run(lambda: run_workload(generate_step(vllm_generate(engine), token_level=True), WORKLOAD, tokenizer)))
-            http.append(anyio.run(lambda: ours(one, fleet.model, tokenizer, token_ids=True)))
-        benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+        def inproc() -> float:
+            return anyio.run(lambda: run_workload(generate_step(vllm_generate(engine), token_level=True), WORKLOAD, tokenizer)).tokens
+
+        def http() -> float:
+            return anyio.run(lambda: ours(one, fleet.model, tokenizer, token_ids=True)).tokens
+
+        paired(benchmark, report_ratio, "token ids over HTTP over the in-process engine, tokens/s", timed(http), timed(inproc), **SETTINGS)
     finally:
         engine.close()
-    ratio = median_tps(http) / median_tps(inproc)
-    benchmark.extra_info.update(inproc_tps=median_tps(inproc), http_tps=median_tps(http), ratio=ratio)
-    report_ratio(f"token ids over HTTP {median_tps(http):,.0f} tok/s vs the in-process engine {median_tps(inproc):,.0f} tok/s: x{ratio:.2f}")
 
 
 def test_sticky_vs_round_robin_over_two_servers(benchmark: BenchmarkFixture, report_ratio: RatioReporter, fleet: Fleet, tokenizer: Any) -> None:
@@ -141,22 +124,10 @@ def test_sticky_vs_round_robin_over_two_servers(benchmark: BenchmarkFixture, rep
 
 
 def test_our_client_vs_the_bare_sdk_through_the_router(benchmark: BenchmarkFixture, report_ratio: RatioReporter, fleet: Fleet, tokenizer: Any) -> None:
-    anyio.run(lambda: ours(fleet.base_url, fleet.model, tokenizer, token_ids=True, workload=msgspec.structs.replace(WORKLOAD, turns=1)))
-    asyncio.run(bare_tokens(fleet.base_url, fleet.model, tokenizer, msgspec.structs.replace(WORKLOAD, turns=1)))
-    mine: list[RunStats] = []
-    theirs: list[RunStats] = []
-    for k in range(ROUNDS * 2):
-        if k % 2:  # alternate who goes first
-            mine.append(anyio.run(lambda: ours(fleet.base_url, fleet.model, tokenizer, token_ids=True)))
-            theirs.append(asyncio.run(bare_tokens(fleet.base_url, fleet.model, tokenizer)))
-        else:
-            theirs.append(asyncio.run(bare_tokens(fleet.base_url, fleet.model, tokenizer)))
-            mine.append(anyio.run(lambda: ours(fleet.base_url, fleet.model, tokenizer, token_ids=True)))
-    benchmark.pedantic(lambda: anyio.run(lambda: ours(fleet.base_url, fleet.model, tokenizer, token_ids=True)), rounds=1, iterations=1)
-    ratio = median_tps(mine) / median_tps(theirs)
-    spread = statistics.pstdev([r.tokens_per_s for r in mine]) / median_tps(mine)
-    benchmark.extra_info.update(ours_tps=median_tps(mine), bare_tps=median_tps(theirs), ratio=ratio, spread=spread)
-    report_ratio(
-        f"token ids through the router: ours {median_tps(mine):,.0f} tok/s vs bare AsyncOpenAI {median_tps(theirs):,.0f} tok/s: "
-        f"x{ratio:.2f} (rounds spread ±{spread:.0%})"
-    )
+    def mine() -> float:
+        return anyio.run(lambda: ours(fleet.base_url, fleet.model, tokenizer, token_ids=True)).tokens
+
+    def theirs() -> float:
+        return asyncio.run(bare_tokens(fleet.base_url, fleet.model, tokenizer)).tokens
+
+    paired(benchmark, report_ratio, "token ids through the router: ours over bare AsyncOpenAI, tokens/s", timed(mine), timed(theirs), **SETTINGS)

@@ -1,11 +1,17 @@
-"""Benchmark fixtures, and a summary of the ratios each benchmark measured."""
+"""Benchmark fixtures, paired measurements with intervals, and a summary
+of the ratios each benchmark measured."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from agentfly_min.bench.stats import RatioEstimate, Sample, describe, measure_pairs
 
 from agentfly_min.testing import FakeOpenAIServer, tiny_model
 
@@ -50,6 +56,54 @@ class RatioReporter:
 
     def __call__(self, line: str) -> None:
         self._request.config.stash.setdefault(_RATIOS, []).append((self._request.node.name, line))
+
+
+def timed(run: Callable[[], float]) -> Callable[[], Sample]:
+    """A side of a pair: ``run`` does one round and returns its work
+    (tokens, requests); the sample has its wall time and this process's CPU."""
+
+    def one() -> Sample:
+        cpu, start = time.process_time(), time.perf_counter()
+        work = run()
+        return Sample(work=work, seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
+
+    return one
+
+
+def paired(
+    benchmark: BenchmarkFixture,
+    report: RatioReporter,
+    label: str,
+    ours: Callable[[], Sample],
+    raw: Callable[[], Sample],
+    *,
+    budget_seconds: float = 60.0,
+    min_rounds: int = 5,
+    target: float = 0.05,
+) -> RatioEstimate:
+    """Measure ``ours`` against ``raw`` in paired rounds (order drawn per
+    round, a warm-up round measured and set apart) until the ratio's 95%
+    interval is within ``target`` or the budget is spent; pytest-benchmark
+    times the whole, and its JSON (``extra_info``) keeps the ratio, the
+    interval and every sample."""
+    found: list[RatioEstimate] = []
+
+    def run() -> None:
+        found.append(measure_pairs(ours, raw, target=target, budget_seconds=budget_seconds, min_rounds=min_rounds))
+
+    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+    (estimate,) = found
+    benchmark.extra_info.update(
+        ratio=estimate.ratio,
+        ratio_low=estimate.low,
+        ratio_high=estimate.high,
+        verdict=estimate.verdict,
+        rounds=estimate.rounds,
+        stopped=estimate.stopped,
+        samples=msgspec.to_builtins(estimate),
+    )
+    report(f"{label}: {describe(estimate)}")
+    return estimate
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

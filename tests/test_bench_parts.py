@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from agentfly_min import Completion, Output, Request, Usage
 from agentfly_min.bench import BenchReport, Environment, RunResult, Workload, render_chart, render_table
+from agentfly_min.bench.stats import RatioEstimate, Sample, ratio_interval, verdict
 from agentfly_min.bench.workload import OBSERVATION, RunStats, generate_step, run_workload
 
 
@@ -50,10 +52,18 @@ def test_latency_quantiles() -> None:
 
 
 def test_table_and_chart(tmp_path: Path) -> None:
+    ours = [Sample(work=100, seconds=1.0 + i / 10, cpu_seconds=0.1) for i in range(4)]
+    raw = [Sample(work=100, seconds=0.9 + i / 10, cpu_seconds=0.1) for i in range(4)]
+    ratio, low, high = ratio_interval(ours, raw)
+    estimate = RatioEstimate(
+        ratio=ratio, low=low, high=high, confidence=0.95, rounds=4, stopped="budget", seconds=9.0,
+        verdict=verdict(low, high), ours=ours, raw=raw,
+    )  # fmt: skip
     rows = [
         RunResult(transport=t, loop="asyncio", concurrency=c, tokens=100, seconds=1.0, tokens_per_s=100.0 * c,
                   trajectories_per_s=1.0, p50_turn_ms=10.0, p99_turn_ms=20.0 * c, peak_memory_mb=900.0,
-                  raw_tokens_per_s=110.0 * c, raw_p99_turn_ms=18.0 * c, ratio_to_raw=0.91)
+                  raw_tokens_per_s=110.0 * c, raw_p99_turn_ms=18.0 * c, ratio_to_raw=ratio, ratio_low=low, ratio_high=high,
+                  verdict=estimate.verdict, estimate=estimate, cpu_ms_per_turn=0.5, raw_cpu_ms_per_turn=0.4)
         for t in ("vllm", "client") for c in (1, 4)
     ]  # fmt: skip
     report = BenchReport(
@@ -68,4 +78,6 @@ def test_table_and_chart(tmp_path: Path) -> None:
     console = Console(width=200, record=True)
     console.print(render_table(report))
     text = console.export_text()
-    assert "0.91x" in text and "vllm" in text and "client" in text
+    assert f"{ratio:.2f}x [{low:.2f}, {high:.2f}]" in text and "vllm" in text and "client" in text
+    assert "4 (budget)" in text and estimate.verdict in text and "vs raw [95% CI]" in text
+    assert msgspec.json.decode(msgspec.json.encode(report), type=BenchReport) == report  # every sample survives the JSON

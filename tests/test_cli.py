@@ -15,6 +15,7 @@ import pytest
 
 from agentfly_min import Trajectory
 from agentfly_min.bench import BenchReport
+from agentfly_min.bench.stats import verdict
 from agentfly_min.testing import FakeOpenAIServer
 
 from .conftest import ROOT, WORK
@@ -121,7 +122,7 @@ def test_rollout_refuses_a_bad_config_naming_the_problem(fake_server: FakeOpenAI
 @pytest.mark.slow
 def test_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     result = cli(
-        "bench", "--tasks", "2", "--chains", "2", "--turns", "2", "--new-tokens", "8", "--concurrency", "1,4", "--repeat", "2",
+        "bench", "--tasks", "2", "--chains", "2", "--turns", "2", "--new-tokens", "8", "--concurrency", "1,4", "--min-rounds", "2", "--max-rounds", "2",
         "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
         timeout=1200,
     )  # fmt: skip
@@ -131,14 +132,21 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     assert sorted((r.transport, r.concurrency) for r in report.results) == [
         (t, c) for t in ("client", "verl", "vllm") for c in (1, 4)
     ]
+    assert report.schema_version == 2 and report.seconds > 0
     for r in report.results:
-        assert r.tokens == 2 * (2 * 2 * 2 * 8) and r.errors == 0  # two rounds
+        assert r.tokens == 2 * (2 * 2 * 2 * 8) and r.errors == 0  # two counted rounds (the warm-up is kept apart)
         assert r.tokens_per_s > 0 and r.raw_tokens_per_s > 0 and r.ratio_to_raw > 0
+        assert r.estimate.rounds == 2 and r.estimate.stopped == "max rounds"
+        assert len(r.estimate.ours) == len(r.estimate.raw) == 2 and len(r.estimate.warmup_ours) == 1
+        assert r.ratio_low <= r.ratio_to_raw <= r.ratio_high and r.verdict == verdict(r.ratio_low, r.ratio_high)
+        assert sum(s.work for s in r.estimate.ours) == r.tokens  # the samples recompute the row
+        assert sum(1 for pair in zip(r.estimate.ours, r.estimate.raw, strict=True) if pair[0].first == pair[1].first) == 0
+        assert r.cpu_ms_per_turn > 0 and r.raw_cpu_ms_per_turn > 0
         assert 0 < r.p50_turn_ms <= r.p99_turn_ms and r.peak_memory_mb > 100
     assert report.environment.cores >= 1 and "agentfly-min" in report.environment.packages
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "random weights: this measures the transports, not model quality" in result.stdout
-    assert "vs raw" in result.stdout and "tokens/s" in result.stdout
+    assert "vs raw [95% CI]" in result.stdout and "tokens/s" in result.stdout
 
 
 @pytest.mark.slow
@@ -157,7 +165,7 @@ def test_bench_interrupted_from_a_terminal_leaves_a_summary_and_nothing_running(
 
     args = [
         sys.executable, "-m", "agentfly_min", "bench", "--transports", transport, "--tasks", "2", "--chains", "2",
-        "--turns", "2", "--new-tokens", "8", "--concurrency", "1,2,4", "--repeat", "2",
+        "--turns", "2", "--new-tokens", "8", "--concurrency", "1,2,4", "--min-rounds", "2", "--max-rounds", "2",
         "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
     ]  # fmt: skip
     shm_before = shm_entries()
@@ -181,6 +189,14 @@ def test_bench_interrupted_from_a_terminal_leaves_a_summary_and_nothing_running(
     assert "vs raw" in stdout  # the table of what finished
     assert_gone(children, timeout=60)
     assert shm_entries() - shm_before == set()
+
+
+def test_bench_refuses_rounds_that_cannot_be_met_before_building_anything(tmp_path: Path) -> None:
+    result = cli("bench", "--min-rounds", "5", "--max-rounds", "2", "--out", str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == "agentfly-min bench: --min-rounds 5 is more than --max-rounds 2"
+    result = cli("bench", "--target", "5", "--out", str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 2 and "expected a fraction between 0 and 1" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_bench_refuses_a_path_that_is_not_a_model_in_one_line(tmp_path: Path) -> None:
@@ -285,26 +301,26 @@ def test_rollout_configs_name_a_template(fake_server: FakeOpenAIServer, tmp_path
 def test_bench_runs_a_familys_template_on_its_tiny_model(tmp_path: Path) -> None:
     result = cli(
         "bench", "--transports", "vllm", "--template", "llama3", "--tasks", "2", "--chains", "1", "--turns", "2",
-        "--new-tokens", "8", "--concurrency", "1", "--repeat", "1", "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
+        "--new-tokens", "8", "--concurrency", "1", "--min-rounds", "2", "--max-rounds", "2", "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
         timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = msgspec.json.decode((tmp_path / "bench.json").read_bytes(), type=BenchReport)
     assert report.workload.template == "llama3" and "tiny-llama3" in report.model
-    assert [r.errors for r in report.results] == [0] and report.results[0].tokens == 2 * 2 * 8
+    assert [r.errors for r in report.results] == [0] and report.results[0].tokens == 2 * (2 * 2 * 8)
 
 
 @pytest.mark.slow
 def test_bench_measures_a_fleet_behind_the_router(tmp_path: Path) -> None:
     result = cli(
         "bench", "--transports", "fleet", "--servers", "2", "--tasks", "2", "--chains", "2", "--turns", "2",
-        "--new-tokens", "8", "--concurrency", "2", "--repeat", "1", "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
+        "--new-tokens", "8", "--concurrency", "2", "--min-rounds", "2", "--max-rounds", "2", "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
         timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = msgspec.json.decode((tmp_path / "bench.json").read_bytes(), type=BenchReport)
     (row,) = report.results
-    assert row.transport == "fleet" and row.errors == 0 and row.tokens == 2 * 2 * 2 * 8
+    assert row.transport == "fleet" and row.errors == 0 and row.tokens == 2 * (2 * 2 * 2 * 8)
     assert row.raw_tokens_per_s > 0 and row.ratio_to_raw > 0
 
 

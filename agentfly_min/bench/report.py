@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from .stats import RatioEstimate, Verdict
 from .workload import Workload
 
 __all__ = ["RunResult", "Environment", "BenchReport", "environment", "render_table", "render_chart"]
@@ -20,7 +21,14 @@ TransportName = Literal["vllm", "client", "verl", "fleet"]
 
 class RunResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One transport on one event loop at one concurrency, with its raw
-    counterpart measured right after it on the same resources."""
+    counterpart measured in the same rounds on the same resources.
+
+    ``ratio_to_raw`` is ours over raw in tokens/s, pooled over the counted
+    rounds, with its bootstrap interval (``ratio_low``, ``ratio_high``) and
+    ``verdict``; ``estimate`` keeps every round's samples (and the warm-up
+    round's, which is not counted) so anyone can recompute. CPU is this
+    process's (the client side: engines run in their own processes) per
+    model turn."""
 
     transport: TransportName
     loop: Literal["asyncio", "trio"]
@@ -35,6 +43,12 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     raw_tokens_per_s: float
     raw_p99_turn_ms: float
     ratio_to_raw: float
+    ratio_low: float
+    ratio_high: float
+    verdict: Verdict
+    cpu_ms_per_turn: float
+    raw_cpu_ms_per_turn: float
+    estimate: RatioEstimate
     errors: int = 0
 
 
@@ -48,9 +62,13 @@ class Environment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class BenchReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Everything ``agentfly-min bench`` measured (``--out``/bench.json)."""
+    """Everything ``agentfly-min bench`` measured (``--out``/bench.json).
 
-    schema_version: int = 1
+    Each row ran paired rounds until its ratio's interval was within
+    ``target`` (as a fraction of the ratio), or ``budget_seconds`` were
+    spent, or ``max_rounds``; ``seconds`` is the whole run's wall time."""
+
+    schema_version: int = 2
     started_at: str
     model: str
     random_weights: bool
@@ -58,7 +76,11 @@ class BenchReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     transports: list[TransportName]
     loop: Literal["asyncio", "trio"]
     concurrency_levels: list[int]
-    repeat: int = 1
+    target: float = 0.05
+    budget_seconds: float = 120.0
+    min_rounds: int = 3
+    max_rounds: int = 50
+    seconds: float = 0.0
     environment: Environment
     results: list[RunResult]
     failures: dict[str, str] = msgspec.field(default_factory=dict)
@@ -113,44 +135,62 @@ def render_table(report: BenchReport) -> object:
         title=f"agentfly-min bench: {workload.tasks} tasks x {workload.chains} chains x {workload.turns} turns "
         f"x {workload.new_tokens} tokens, on {report.loop}"
     )
-    for column in ("transport", "loop", "in flight", "tokens/s", "traj/s", "p50 turn ms", "p99 turn ms", "peak MB", "raw tokens/s", "vs raw"):
-        table.add_column(column, justify="left" if column in ("transport", "loop") else "right")
+    columns = (
+        "transport", "in flight", "tokens/s", "raw tokens/s", "vs raw [95% CI]", "verdict", "rounds",
+        "p99 turn ms", "CPU ms/turn", "peak MB",
+    )  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("transport", "verdict") else "right", no_wrap=True)
     for r in report.results:
         table.add_row(
             r.transport,
-            r.loop,
             str(r.concurrency),
             f"{r.tokens_per_s:,.0f}",
-            f"{r.trajectories_per_s:.2f}",
-            f"{r.p50_turn_ms:.0f}",
-            f"{r.p99_turn_ms:.0f}",
-            f"{r.peak_memory_mb:,.0f}",
             f"{r.raw_tokens_per_s:,.0f}",
-            f"{r.ratio_to_raw:.2f}x" + (f" ({r.errors} errors)" if r.errors else ""),
+            f"{r.ratio_to_raw:.2f}x [{r.ratio_low:.2f}, {r.ratio_high:.2f}]" + (f" ({r.errors} errors)" if r.errors else ""),
+            r.verdict,
+            _rounds(r),
+            f"{r.p99_turn_ms:.0f} / {r.raw_p99_turn_ms:.0f}",
+            f"{r.cpu_ms_per_turn:.2f} / {r.raw_cpu_ms_per_turn:.2f}",
+            f"{r.peak_memory_mb:,.0f}",
         )
+    table.caption = "p99 turn latency and client-side CPU per model turn: ours / raw. Every sample is in bench.json."
     return table
 
 
+def _rounds(r: RunResult) -> str:
+    return f"{r.estimate.rounds} ({r.estimate.stopped})"
+
+
 def render_chart(report: BenchReport, path: Path) -> None:
-    """Three panels: tokens/s per transport against its raw counterpart at the
-    highest concurrency; tokens/s as concurrency grows; p99 turn latency as
-    concurrency grows."""
+    """Three panels: ours over raw per transport and concurrency, with the
+    95% intervals as error bars; tokens/s as concurrency grows; p99 turn
+    latency as concurrency grows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (bars, throughput, latency) = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, (ratios, throughput, latency) = plt.subplots(1, 3, figsize=(16, 4.8))
     transports = sorted({r.transport for r in report.results})
-    top = max((r.concurrency for r in report.results), default=0)
-    at_top = {r.transport: r for r in report.results if r.concurrency == top}
-    xs = range(len(transports))
-    bars.bar([x - 0.2 for x in xs], [at_top[t].tokens_per_s if t in at_top else 0 for t in transports], 0.4, label="agentfly_min")
-    bars.bar([x + 0.2 for x in xs], [at_top[t].raw_tokens_per_s if t in at_top else 0 for t in transports], 0.4, label="raw")
-    bars.set_xticks(list(xs), transports)
-    bars.set_ylabel("tokens/s")
-    bars.set_title(f"{top} chains in flight")
-    bars.legend()
+    levels_all = sorted({r.concurrency for r in report.results})
+    width = 0.8 / max(1, len(levels_all))
+    for j, level in enumerate(levels_all):
+        xs, ys, below, above = [], [], [], []
+        for x, transport in enumerate(transports):
+            row = next((r for r in report.results if r.transport == transport and r.concurrency == level), None)
+            if row is None:
+                continue
+            xs.append(x - 0.4 + width * (j + 0.5))
+            ys.append(row.ratio_to_raw)
+            below.append(max(0.0, row.ratio_to_raw - row.ratio_low))
+            above.append(max(0.0, min(row.ratio_high, 10.0) - row.ratio_to_raw))
+        ratios.errorbar(xs, ys, yerr=[below, above], fmt="o", capsize=4, label=f"{level} in flight")
+    ratios.axhline(1.0, color="black", linewidth=0.8, linestyle=":")  # inside the bar: no measurable difference
+    ratios.set_xticks(list(range(len(transports))), transports)
+    ratios.set_ylabel("ours / raw, tokens/s (95% CI)")
+    ratios.set_title("against the raw counterpart")
+    ratios.legend(fontsize="small")
     for transport in transports:
         rows = sorted((r for r in report.results if r.transport == transport), key=lambda r: r.concurrency)
         levels = [r.concurrency for r in rows]

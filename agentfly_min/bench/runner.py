@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import msgspec
+from msgspec import Meta
 
 from .._text import one_line
+from .._validation import check_fields
 from ..configs import AsyncVerlConfig, ClientConfig
 from ..errors import ConfigError
 from ..transports.client import open_client
@@ -24,6 +25,7 @@ from ..transports.verl import open_verl
 from ..transports.vllm import VLLMEngine, vllm_generate
 from .raw import openai_raw_step, openai_token_raw_step, verl_raw_step, vllm_raw_step
 from .report import BenchReport, RunResult, TransportName, environment
+from .stats import RatioEstimate, Sample, measure_pairs
 from .workload import RunStats, Workload, generate_step, run_workload
 
 __all__ = ["BenchOptions", "run_bench", "MemorySampler"]
@@ -37,9 +39,17 @@ class BenchOptions(msgspec.Struct, frozen=True, kw_only=True):
     concurrency_levels: tuple[int, ...]
     loop: Literal["asyncio", "trio"]
     work_dir: str
-    repeat: int = 3
+    target: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.05
+    budget_seconds: Annotated[float, Meta(gt=0.0)] = 120.0
+    min_rounds: Annotated[int, Meta(ge=2)] = 3  # an interval needs two rounds
+    max_rounds: Annotated[int, Meta(ge=2)] = 50
     device: Literal["cpu", "cuda"] = "cpu"
     servers: int = 2
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.min_rounds > self.max_rounds:
+            raise ConfigError("BenchOptions.min_rounds", f"{self.min_rounds} is more than max_rounds ({self.max_rounds})")
 
 
 class MemorySampler:
@@ -185,11 +195,20 @@ def _pooled(runs: list[RunStats]) -> RunStats:
     )
 
 
+def _cpu_ms_per_turn(samples: list[Sample], runs: list[RunStats]) -> float:
+    turns = sum(len(r.turn_latencies) for r in runs)
+    return 1000.0 * sum(s.cpu_seconds for s in samples) / turns if turns else 0.0
+
+
 def _result(
-    name: TransportName, loop: Literal["asyncio", "trio"], level: int, mine: list[RunStats], theirs: list[RunStats], peak: int
+    name: TransportName,
+    loop: Literal["asyncio", "trio"],
+    level: int,
+    mine: list[RunStats],
+    theirs: list[RunStats],
+    estimate: RatioEstimate,
+    peak: int,
 ) -> RunResult:
-    ours_tps = statistics.median(r.tokens_per_s for r in mine)
-    raw_tps = statistics.median(r.tokens_per_s for r in theirs)
     ours_all, raw_all = _pooled(mine), _pooled(theirs)
     return RunResult(
         transport=name,
@@ -197,14 +216,20 @@ def _result(
         concurrency=level,
         tokens=ours_all.tokens,
         seconds=ours_all.seconds,
-        tokens_per_s=ours_tps,
-        trajectories_per_s=statistics.median(r.trajectories_per_s for r in mine),
+        tokens_per_s=ours_all.tokens_per_s,
+        trajectories_per_s=ours_all.trajectories_per_s,
         p50_turn_ms=_ms(ours_all.latency(0.5)),
         p99_turn_ms=_ms(ours_all.latency(0.99)),
         peak_memory_mb=peak / 2**20,
-        raw_tokens_per_s=raw_tps,
+        raw_tokens_per_s=raw_all.tokens_per_s,
         raw_p99_turn_ms=_ms(raw_all.latency(0.99)),
-        ratio_to_raw=ours_tps / raw_tps if raw_tps else 0.0,
+        ratio_to_raw=estimate.ratio,
+        ratio_low=estimate.low,
+        ratio_high=estimate.high,
+        verdict=estimate.verdict,
+        cpu_ms_per_turn=_cpu_ms_per_turn(estimate.ours, mine),
+        raw_cpu_ms_per_turn=_cpu_ms_per_turn(estimate.raw, theirs),
+        estimate=estimate,
         errors=ours_all.errors,
     )
 
@@ -231,6 +256,7 @@ def run_bench(
         raise ConfigError("model", f"cannot load its tokenizer: {one_line(str(exc), 300)}") from None
     results: list[RunResult] = []
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    clock_started = time.monotonic()
     env = environment()
 
     def report() -> BenchReport:
@@ -242,7 +268,11 @@ def run_bench(
             transports=list(options.transports),
             loop=options.loop,
             concurrency_levels=list(options.concurrency_levels),
-            repeat=options.repeat,
+            target=options.target,
+            budget_seconds=options.budget_seconds,
+            min_rounds=options.min_rounds,
+            max_rounds=options.max_rounds,
+            seconds=time.monotonic() - clock_started,
             environment=env,
             results=list(results),
             failures=dict(failures),
@@ -277,23 +307,34 @@ def run_bench(
                     if should_stop():
                         raise KeyboardInterrupt
                     workload = msgspec.structs.replace(options.workload, concurrency=level)
-                    # Untimed, one turn per chain through both: the first
-                    # batches of a new shape pay one-time costs (kernel set-up,
-                    # the first Ray calls) that would land on whoever goes first.
-                    warm = msgspec.structs.replace(workload, turns=1)
-                    measure(ours, warm, f"{name} x{level} warm-up")
-                    measure(raw, warm, f"{name} x{level} warm-up raw")
-                    # Alternate ours and raw, `repeat` times, and keep medians:
-                    # on two cores one run is noisy, and order effects cancel.
-                    mine: list[RunStats] = []
-                    theirs: list[RunStats] = []
-                    with MemorySampler() as memory:
-                        for round_ in range(options.repeat):
+                    # The first run of each side is the warm-up round.
+                    kept: dict[str, list[RunStats]] = {"ours": [], "raw": []}
+
+                    def timed(side: str, run: Runner) -> Callable[[], Sample]:
+                        def one() -> Sample:
                             if should_stop():
                                 raise KeyboardInterrupt
-                            mine.append(measure(ours, workload, f"{name} x{level} agentfly_min #{round_ + 1}"))
-                            theirs.append(measure(raw, workload, f"{name} x{level} raw #{round_ + 1}"))
-                    results.append(_result(name, options.loop, level, mine, theirs, memory.peak))
+                            done = len(kept[side])
+                            who = "agentfly_min" if side == "ours" else "raw"
+                            cpu = time.process_time()
+                            stats = measure(run, workload, f"{name} x{level} {who} " + (f"#{done}" if done else "warm-up"))
+                            kept[side].append(stats)
+                            return Sample(work=stats.tokens, seconds=stats.seconds, cpu_seconds=time.process_time() - cpu)
+
+                        return one
+
+                    # Ours and raw alternate a round at a time, in an order
+                    # drawn per round; the first round (new shapes pay one-time
+                    # costs: kernels, the first Ray calls) is measured and kept
+                    # apart; rounds are added until the ratio's interval is
+                    # narrow enough or the budget is spent.
+                    with MemorySampler() as memory:
+                        estimate = measure_pairs(
+                            timed("ours", ours), timed("raw", raw),
+                            target=options.target, budget_seconds=options.budget_seconds,
+                            min_rounds=options.min_rounds, max_rounds=options.max_rounds, warmup_rounds=1,
+                        )  # fmt: skip
+                    results.append(_result(name, options.loop, level, kept["ours"][1:], kept["raw"][1:], estimate, memory.peak))
                     on_result(report())
         except (ImportError, RuntimeError, TimeoutError, OSError, ValueError) as exc:
             # A transport that cannot start here (say, no verl) does not stop the others.
