@@ -66,3 +66,29 @@ def test_completion_round_trips_msgpack() -> None:
     )
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(completion), type=Completion) == completion
     assert completion.usage.total_tokens == 5
+
+
+def test_the_fast_checks_take_only_what_convert_would_take_unchanged() -> None:
+    """Records skip ``msgspec.convert`` for values whose type proves them
+    valid; everything else still goes through it (and is refused or
+    converted exactly as before)."""
+    hi = Message(role="user", content="hi")
+    assert Request(messages=(hi,)).messages == (hi,)
+    assert Request(messages=[hi]).messages == (hi,)  # type: ignore[arg-type]  # a list still becomes a tuple
+    assert Request(messages=({"role": "user", "content": "hi"},)).messages == (hi,)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="Request.messages"):
+        Request(messages=(hi, "not a message"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="Message.role"):
+        Message(role="robot", content="x")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="Message.content"):
+        Message(role="user", content=7)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="Output.finish_reason"):
+        Output(text="", finish_reason=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="Request.n"):
+        Request(messages=(hi,), n=True)  # a bool is not an int here
+    with pytest.raises(ConfigError, match="Request.temperature"):
+        Request(messages=(hi,), temperature=3.0)  # constrained fields always go through convert
+    with pytest.raises(ConfigError, match="Completion.outputs"):
+        Completion(outputs=())
+    warm = Request(messages=(hi,), temperature=1)
+    assert warm.temperature == 1.0 and type(warm.temperature) is float

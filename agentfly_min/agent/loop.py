@@ -198,6 +198,9 @@ async def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> tuple[str, str
         available = ", ".join(sorted(tools)) or "none"
         return f"Error: unknown tool {name!r}; available tools: {available}.", "unknown_tool"
     try:
+        if not chosen.is_async and not chosen.blocking:
+            # Declared cheap: it runs inline, where no deadline could stop it.
+            return await chosen.call(call.function.arguments), None
         with anyio.move_on_after(chosen.timeout) as scope:
             return await chosen.call(call.function.arguments), None
         if scope.cancelled_caught:
@@ -230,9 +233,12 @@ async def _run_tools(
         if kinds[index] is not None:
             _tool_log.info("%s: tool call %s failed (%s): %s", session, call.function.name, kinds[index], results[index][:200])
 
-    async with anyio.create_task_group() as tg:
-        for index, call in enumerate(calls):
-            tg.start_soon(one, index, call)
+    if len(calls) == 1:
+        await one(0, calls[0])  # the common case: no task group to set up
+    else:
+        async with anyio.create_task_group() as tg:
+            for index, call in enumerate(calls):
+                tg.start_soon(one, index, call)
     messages = [
         Message(role="tool", content=text, tool_call_id=call.id, name=call.function.name)
         for call, text in zip(calls, results, strict=True)
