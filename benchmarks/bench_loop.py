@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
@@ -54,12 +55,29 @@ def echo(text: str) -> str:
 AGENT = Agent(model_name_or_path="none", tools=[echo], max_turns=3)
 
 
-async def no_op(request: Request) -> Completion:
-    """A transport that costs nothing: it builds the records a real one builds."""
-    first = request.messages[-1].role == "user"
-    return Completion(
-        outputs=(Output(text=CALL if first else ANSWER, finish_reason="stop"),), usage=Usage(prompt_tokens=10, completion_tokens=5)
-    )
+def gathering(count: int) -> Any:
+    """A transport that costs nothing, and holds every chain's first turn
+    until all ``count`` chains have reached it: without the hold, a chain
+    that never waits runs start to end before the next one starts, and
+    "in flight" would mean one. It builds the records a real one builds."""
+    arrived = 0
+    everyone = anyio.Event()
+
+    async def no_op(request: Request) -> Completion:
+        nonlocal arrived
+        first = request.messages[-1].role == "user"
+        if first:
+            arrived += 1
+            if arrived == count:
+                everyone.set()
+            await everyone.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+        return Completion(
+            outputs=(Output(text=CALL if first else ANSWER, finish_reason="stop"),), usage=Usage(prompt_tokens=10, completion_tokens=5)
+        )
+
+    return no_op
 
 
 def tasks(count: int) -> list[dict[str, Any]]:
@@ -70,7 +88,7 @@ async def ours(count: int) -> int:
     """Chains through ``rollout_stream`` (trajectories handed out and let go,
     so memory is what the chains in flight hold); the model turns taken."""
     turns = 0
-    async with rollout_stream(AGENT, no_op, tasks(count), concurrency=count) as trajectories:
+    async with rollout_stream(AGENT, gathering(count), tasks(count), concurrency=count) as trajectories:
         async for t in trajectories:
             assert t.error is None and t.tool_errors == 0, t.error
             turns += t.num_turns
@@ -86,8 +104,19 @@ async def hand_rolled(count: int) -> int:
     limit = anyio.Semaphore(count)
     turns = 0
 
+    arrived = 0
+    everyone = anyio.Event()
+
     async def generate(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        nonlocal arrived
         first = messages[-1]["role"] == "user"
+        if first:  # the same hold as ours
+            arrived += 1
+            if arrived == count:
+                everyone.set()
+            await everyone.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
         return {"text": CALL if first else ANSWER, "finish_reason": "stop", "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
 
     async def chain(task: dict[str, Any]) -> None:
@@ -160,7 +189,8 @@ def _measure_in_child(chains: int, loop: Loop) -> ScalePoint:
         "import anyio, time, sys; from benchmarks.bench_loop import ours, _peak_rss_mb, ScalePoint; import msgspec;"
         f"anyio.run(ours, 100, backend={loop!r});"  # warm-up: imports, first-call costs
         "cpu, start = time.process_time(), time.perf_counter();"
-        f"turns = anyio.run(ours, {chains}, backend={loop!r});"
+        # small points repeat, so each measures at least 20,000 turns
+        f"turns = sum(anyio.run(ours, {chains}, backend={loop!r}) for _ in range({max(1, 10_000 // chains)}));"
         "wall, cpu = time.perf_counter() - start, time.process_time() - cpu;"
         f"sys.stdout.buffer.write(msgspec.json.encode(ScalePoint(chains={chains}, turns_per_s=turns / wall,"
         " cpu_ms_per_turn=1000 * cpu / turns, peak_memory_mb=_peak_rss_mb())))"
