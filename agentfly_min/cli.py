@@ -438,7 +438,7 @@ def _parser() -> argparse.ArgumentParser:
         help="add rounds until the ratio's 95%% interval is within this fraction of it (0.05: +/-5%%)",
     )  # fmt: skip
     b.add_argument("--budget", type=_seconds, default=120.0, help="seconds of rounds per row at most (after its warm-up round)")
-    b.add_argument("--min-rounds", type=_rounds, default=3, help="counted rounds per row at least (ours and raw each; 2 or more)")
+    b.add_argument("--min-rounds", type=_rounds, default=5, help="counted rounds per row at least (ours and raw each; 2 or more)")
     b.add_argument("--max-rounds", type=_rounds, default=50, help="counted rounds per row at most")
     b.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
     b.add_argument("--work-dir", default=".cache/bench", help="models, caches and temp files")

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from agentfly_min import Completion, Output, Request, Usage
-from agentfly_min.bench import BenchReport, Environment, RunResult, Workload, render_chart, render_table
+from agentfly_min.bench import BenchReport, Environment, RunResult, Workload, render_chart, render_markdown, render_table
 from agentfly_min.bench.stats import RatioEstimate, Sample, ratio_interval, verdict
 from agentfly_min.bench.workload import OBSERVATION, RunStats, generate_step, run_workload
 
@@ -81,3 +81,5 @@ def test_table_and_chart(tmp_path: Path) -> None:
     assert f"{ratio:.2f}x [{low:.2f}, {high:.2f}]" in text and "vllm" in text and "client" in text
     assert "4 (budget)" in text and estimate.verdict in text and "vs raw [95% CI]" in text
     assert msgspec.json.decode(msgspec.json.encode(report), type=BenchReport) == report  # every sample survives the JSON
+    markdown = render_markdown(report)
+    assert markdown.count("\n| vllm |") == 2 and f"| {ratio:.2f}x [{low:.2f}, {high:.2f}] | {estimate.verdict} | 4 (budget) |" in markdown

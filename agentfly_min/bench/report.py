@@ -14,7 +14,7 @@ import msgspec
 from .stats import RatioEstimate, Verdict
 from .workload import Workload
 
-__all__ = ["RunResult", "Environment", "BenchReport", "environment", "render_table", "render_chart"]
+__all__ = ["RunResult", "Environment", "BenchReport", "environment", "render_table", "render_markdown", "render_chart"]
 
 TransportName = Literal["vllm", "client", "verl", "fleet"]
 
@@ -78,7 +78,7 @@ class BenchReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     concurrency_levels: list[int]
     target: float = 0.05
     budget_seconds: float = 120.0
-    min_rounds: int = 3
+    min_rounds: int = 5
     max_rounds: int = 50
     seconds: float = 0.0
     environment: Environment
@@ -160,6 +160,37 @@ def render_table(report: BenchReport) -> object:
 
 def _rounds(r: RunResult) -> str:
     return f"{r.estimate.rounds} ({r.estimate.stopped})"
+
+
+def render_markdown(report: BenchReport) -> str:
+    """The README's table, from a report: ``python -m agentfly_min.bench
+    bench.json`` prints it, so the figures there are regenerated, not typed."""
+    w = report.workload
+    minutes = report.seconds / 60
+    lines = [
+        f"{w.tasks} tasks x {w.chains} chains x {w.turns} turns x {w.new_tokens} tokens, {report.loop}; "
+        f"rounds until the 95% interval is within +/-{report.target:.0%} or {report.budget_seconds:g} s per row "
+        f"({report.min_rounds}-{report.max_rounds} rounds); the run took {minutes:.0f} min ({report.started_at}).",
+        "",
+        "| transport | in flight | tokens/s | raw tokens/s | vs raw [95% CI] | verdict | rounds | p99 turn ms (ours / raw) | CPU ms/turn (ours / raw) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report.results:
+        lines.append(
+            f"| {r.transport} | {r.concurrency} | {r.tokens_per_s:,.0f} | {r.raw_tokens_per_s:,.0f} | "
+            f"{r.ratio_to_raw:.2f}x [{r.ratio_low:.2f}, {r.ratio_high:.2f}] | {r.verdict} | {_rounds(r)} | "
+            f"{r.p99_turn_ms:.0f} / {r.raw_p99_turn_ms:.0f} | {r.cpu_ms_per_turn:.2f} / {r.raw_cpu_ms_per_turn:.2f} |"
+        )
+    for name, reason in report.failures.items():
+        lines.append(f"\n{name} did not run: {reason}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    """Print the Markdown table of each bench.json named."""
+    for path in argv:
+        print(render_markdown(msgspec.json.decode(Path(path).read_bytes(), type=BenchReport)))
+    return 0
 
 
 def render_chart(report: BenchReport, path: Path) -> None:

@@ -41,7 +41,8 @@ class BenchOptions(msgspec.Struct, frozen=True, kw_only=True):
     work_dir: str
     target: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.05
     budget_seconds: Annotated[float, Meta(gt=0.0)] = 120.0
-    min_rounds: Annotated[int, Meta(ge=2)] = 3  # an interval needs two rounds
+    # A bootstrap over two or three rounds is too narrow to trust.
+    min_rounds: Annotated[int, Meta(ge=2)] = 5
     max_rounds: Annotated[int, Meta(ge=2)] = 50
     device: Literal["cpu", "cuda"] = "cpu"
     servers: int = 2
