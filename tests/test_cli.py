@@ -136,7 +136,7 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     for r in report.results:
         assert r.tokens == 2 * (2 * 2 * 2 * 8) and r.errors == 0  # two counted rounds (the warm-up is kept apart)
         assert r.tokens_per_s > 0 and r.raw_tokens_per_s > 0 and r.ratio_to_raw > 0
-        assert r.estimate.rounds == 2 and r.estimate.stopped == "max rounds"
+        assert r.estimate.rounds == 2 and r.estimate.stopped in ("narrow", "max rounds")  # 2 rounds may already be +/-5%
         assert len(r.estimate.ours) == len(r.estimate.raw) == 2 and len(r.estimate.warmup_ours) == 1
         assert r.ratio_low <= r.ratio_to_raw <= r.ratio_high and r.verdict == verdict(r.ratio_low, r.ratio_high)
         assert sum(s.work for s in r.estimate.ours) == r.tokens  # the samples recompute the row
