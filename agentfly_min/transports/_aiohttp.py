@@ -24,12 +24,12 @@ import anyio
 import msgspec
 
 from ..configs import ClientConfig
-from ..errors import ConfigError, ContextLengthError, PermanentError, TransientError
+from ..errors import ContextLengthError, PermanentError, TransientError
 from ..local.server_id import HEADER as SERVER_HEADER
 from ..records import Completion, Generate, Request
 from ._bridge import AsyncioThread
 from ._chat import refuse_images
-from .client import _api_key, _body, _completion, _options, _text_body, _text_completion, status_error
+from .client import _api_key, _body, _completion, _options, _text_body, _text_completion, _one_model, status_error
 
 __all__ = ["open_aiohttp_generate"]
 
@@ -151,7 +151,7 @@ async def open_aiohttp_generate(config: ClientConfig, model: str | None) -> Asyn
     if _on_asyncio():
         wire = _Wire(config)
         try:
-            name = model or await _only(await wire.models())
+            name = model or _one_model(await wire.models())
 
             async def generate(request: Request) -> Completion:
                 return await wire.generate(name, request)
@@ -165,7 +165,7 @@ async def open_aiohttp_generate(config: ClientConfig, model: str | None) -> Asyn
     try:
         wire = await thread.run(_make(config))
         try:
-            name = model or await _only(await thread.run(wire.models()))
+            name = model or _one_model(await thread.run(wire.models()))
 
             async def bridged(request: Request) -> Completion:
                 return await thread.run(wire.generate(name, request))
@@ -188,13 +188,3 @@ def _on_asyncio() -> bool:
 
 async def _make(config: ClientConfig) -> _Wire:
     return _Wire(config)  # made on the loop that will use it
-
-
-async def _only(names: list[str]) -> str:
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise ConfigError("ClientConfig.model", "unset, and the server lists no models")
-    shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
-    raise ConfigError("ClientConfig.model", f"unset, and the server serves {len(names)} models; choose one of: {shown}")
-

@@ -462,7 +462,11 @@ async def _only_model(client: openai.AsyncOpenAI) -> str:
         page = await client.models.list()
     except openai.OpenAIError as exc:
         raise map_openai_error(exc) from exc
-    names = [entry.id for entry in page.data]
+    return _one_model([entry.id for entry in page.data])
+
+
+def _one_model(names: list[str]) -> str:
+    """The server's one model, when the config names none."""
     if len(names) == 1:
         return names[0]
     if not names:
