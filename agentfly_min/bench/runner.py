@@ -103,6 +103,11 @@ def _vllm(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runne
 
         def ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
             step = generate_step(vllm_generate(engine), token_level=True)
+            if options.loop == "asyncio":
+                # What open_vllm gives an asyncio caller: the engine on the
+                # caller's own loop, calls straight to it (no hop).
+                return engine.run_blocking(run_workload(step, workload, tokenizer, on_chain=tick))
+            # trio: the engine on its own thread, every call across the bridge
             return anyio.run(lambda: run_workload(step, workload, tokenizer, on_chain=tick), backend=options.loop)
 
         def raw(workload: Workload, tick: Callable[[], None]) -> RunStats:

@@ -1,9 +1,12 @@
 """The in-process vLLM transport (``vllm.AsyncLLMEngine`` / ``AsyncLLM``).
 
-The engine runs on an asyncio loop of its own thread (see ``_bridge``), so the
-same engine serves callers on asyncio and on trio, and one engine can outlive
-the event loops that use it (a test session, say). vLLM is imported lazily:
-this module imports, and type-checks, without vLLM installed.
+vLLM's engine is bound to an asyncio loop. Opened from asyncio, it runs on
+the caller's own loop, as it would without this library: no thread, no hop
+per call. Opened from trio (or with ``own_thread=True``), it runs on an
+asyncio loop of its own thread (see ``_bridge``), so the same engine serves
+callers on asyncio and on trio and can outlive the event loops that use it (a
+test session, say). vLLM is imported lazily: this module imports, and
+type-checks, without vLLM installed.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import concurrent.futures
 import dataclasses
 import difflib
 import gc
+import importlib
 import itertools
 import os
+import sys
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -107,16 +113,27 @@ def _config_object(field: dataclasses.Field[Any], value: Any, key: str) -> Any:
 
 
 class VLLMEngine:
-    """A running vLLM async engine on its own asyncio thread.
+    """A running vLLM async engine, on its own asyncio thread or on the
+    asyncio loop of the code that opened it.
 
-    Start with :meth:`start` (blocking; from async code use
+    Start with :meth:`start` (blocking, own thread; from async code use
     :func:`open_vllm_engine`), stop with :meth:`close`. ``engine`` is vLLM's
     ``AsyncLLM``: :meth:`run` runs a coroutine that uses it on the engine's
     loop, for anything this library does not wrap.
     """
 
-    def __init__(self, thread: AsyncioThread, engine: Any, tokenizer: Any, max_model_len: int) -> None:
+    def __init__(
+        self,
+        thread: AsyncioThread | None,
+        engine: Any,
+        tokenizer: Any,
+        max_model_len: int,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if (thread is None) == (loop is None):
+            raise ValueError("an engine runs either on its own thread or on a caller's loop")
         self._thread = thread
+        self._loop = loop
         self.engine = engine
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
@@ -130,12 +147,7 @@ class VLLMEngine:
         thread = AsyncioThread("agentfly-vllm")
 
         async def build() -> Any:
-            # vLLM is first imported here, on the engine thread: its import
-            # machinery pins the importing frame (and so its callers' locals,
-            # the engine among them) for the life of the process.
-            from vllm.v1.engine.async_llm import AsyncLLM
-
-            return AsyncLLM.from_engine_args(engine_args(config, model))
+            return _build(config, model)
 
         try:
             engine = thread.run_blocking(build())
@@ -143,21 +155,43 @@ class VLLMEngine:
             thread.stop()
             raise
         try:
-            # With skip_tokenizer_init (a model whose tokenizer vLLM cannot load,
-            # e.g. one only a template's library encodes), requests bring prompt_ids.
-            tokenizer = None if config.engine_args.get("skip_tokenizer_init") else engine.get_tokenizer()
-            max_len = int(engine.model_config.max_model_len)
+            tokenizer, max_len = _facts(config, engine)
         except BaseException:
             thread.call_blocking(engine.shutdown)
             thread.stop()
             raise
         return cls(thread, engine, tokenizer, max_len)
 
+    @classmethod
+    def start_for_loop(cls, config: AsyncVLLMConfig, model: str | os.PathLike[str], loop: asyncio.AbstractEventLoop) -> VLLMEngine:
+        """Build an engine that will run on ``loop`` (blocking; call it from a
+        worker thread, as :func:`open_vllm_engine` does). vLLM starts its
+        tasks on the loop of the first call."""
+        engine = _build(config, model)  # no loop runs here: vLLM defers its tasks
+        try:
+            tokenizer, max_len = _facts(config, engine)
+        except BaseException:
+            engine.shutdown()
+            raise
+        return cls(None, engine, tokenizer, max_len, loop=loop)
+
+    @property
+    def own_thread(self) -> bool:
+        """Whether the engine runs on a thread of its own (any caller's
+        loop may use it) or on the loop that opened it (only that one)."""
+        return self._thread is not None
+
     def close(self) -> None:
         """Shut the engine down (its engine-core process too) and stop the thread."""
         if self.closed:
             return
         self.closed = True
+        if self._thread is None:  # vLLM cancels its tasks on the caller's loop thread-safely
+            try:
+                self.engine.shutdown(timeout=120)
+            finally:
+                self._forget()
+            return
         try:
             self._thread.call_blocking(self.engine.shutdown, timeout=120)
         finally:
@@ -174,17 +208,50 @@ class VLLMEngine:
         # vLLM needs ids unique among requests in flight; a session id repeats.
         return f"{session or 'req'}-{next(self._ids)}"
 
+    def _on_own_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._loop:
+            raise PermanentError(
+                "this vLLM engine runs on the asyncio loop that opened it; to call it from another loop "
+                "(trio, another thread) open it with own_thread=True"
+            )
+        return self._loop
+
     async def run(self, coroutine: Any) -> Any:
-        """Run a coroutine on the engine's loop and await it from any loop."""
+        """Run a coroutine on the engine's loop and await it (from any loop
+        when the engine has its own thread)."""
+        if self._thread is None:
+            try:
+                self._on_own_loop()
+            except PermanentError:
+                coroutine.close()
+                raise
+            return await coroutine
         return await self._thread.run(coroutine)
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start a coroutine on the engine's loop; cancel the future to cancel it."""
+        if self._thread is None:
+            try:
+                loop = self._on_own_loop()
+            except PermanentError:
+                coroutine.close()
+                raise
+            return asyncio.run_coroutine_threadsafe(coroutine, loop)
         return self._thread.submit(coroutine)
 
     def run_blocking(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the engine's loop from synchronous code and wait
-        (e.g. a loop that uses ``engine`` directly, with no bridge between)."""
+        (e.g. a loop that uses ``engine`` directly, with no bridge between).
+        Only for an engine with its own thread: the other kind's loop is the
+        caller's, which this would block."""
+        if self._thread is None:
+            coroutine.close()
+            raise RuntimeError("run_blocking needs an engine with its own thread (own_thread=True)")
         return self._thread.run_blocking(coroutine)
 
     async def unfinished_requests(self) -> int:
@@ -195,6 +262,33 @@ class VLLMEngine:
 
         result: int = await self.run(count())
         return result
+
+
+def _import_vllm() -> None:
+    # vLLM's first import pins the importing frame, and through it every
+    # caller's frame and locals (an engine among them, once assigned), for the
+    # life of the process: the engine then outlives its shutdown and fails in
+    # __del__ at exit. So the first import runs on a thread of its own.
+    if "vllm.v1.engine.async_llm" not in sys.modules:
+        thread = threading.Thread(
+            target=importlib.import_module, args=("vllm.v1.engine.async_llm",), name="agentfly-vllm-import"
+        )
+        thread.start()
+        thread.join()
+
+
+def _build(config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> Any:
+    _import_vllm()  # an import error surfaces from the import below
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(engine_args(config, model))
+
+
+def _facts(config: AsyncVLLMConfig, engine: Any) -> tuple[Any, int]:
+    # With skip_tokenizer_init (a model whose tokenizer vLLM cannot load,
+    # e.g. one only a template's library encodes), requests bring prompt_ids.
+    tokenizer = None if config.engine_args.get("skip_tokenizer_init") else engine.get_tokenizer()
+    return tokenizer, int(engine.model_config.max_model_len)
 
 
 def _sampling_params(request: Request, prompt_len: int, max_model_len: int, *, delta: bool = False) -> Any:
@@ -372,11 +466,26 @@ async def _deltas(
 
 
 @asynccontextmanager
-async def open_vllm_engine(config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> AsyncIterator[VLLMEngine]:
+async def open_vllm_engine(
+    config: AsyncVLLMConfig, model: str | os.PathLike[str], *, own_thread: bool | None = None
+) -> AsyncIterator[VLLMEngine]:
     """Start an engine without blocking the event loop; shut it down on exit,
-    cancellation included."""
+    cancellation included.
+
+    ``own_thread``: by default (``None``) an engine opened from asyncio runs
+    on the caller's loop, with no thread and no hop per call, and one opened
+    from trio on an asyncio thread of its own. ``True`` gives it its own
+    thread on asyncio too, so that other loops (other threads, trio) may
+    share it."""
+    if own_thread is None:
+        own_thread = not _on_asyncio()
     with anyio.CancelScope(shield=True):  # a half-started engine must still be shut down
-        engine = await anyio.to_thread.run_sync(VLLMEngine.start, config, model)
+        if own_thread:
+            engine = await anyio.to_thread.run_sync(VLLMEngine.start, config, model)
+        else:
+            if not _on_asyncio():
+                raise ConfigError("own_thread", "an engine on the caller's loop needs an asyncio caller; trio needs own_thread")
+            engine = await anyio.to_thread.run_sync(VLLMEngine.start_for_loop, config, model, asyncio.get_running_loop())
     try:
         yield engine
     finally:
@@ -384,24 +493,41 @@ async def open_vllm_engine(config: AsyncVLLMConfig, model: str | os.PathLike[str
             await anyio.to_thread.run_sync(engine.close)
 
 
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # trio: no asyncio loop runs here
+        return False
+    return True
+
+
 @asynccontextmanager
 async def open_vllm(
-    config: AsyncVLLMConfig, model: str | os.PathLike[str], *, middleware: Middleware | None = None
+    config: AsyncVLLMConfig,
+    model: str | os.PathLike[str],
+    *,
+    middleware: Middleware | None = None,
+    own_thread: bool | None = None,
 ) -> AsyncIterator[Generate]:
     """Start a vLLM engine for ``model`` (a local folder or a hub id) and yield
     a :data:`Generate` over it (wrapped in ``middleware`` if given); shut the
-    engine down on exit."""
-    async with open_vllm_engine(config, model) as engine:
+    engine down on exit. ``own_thread`` as for :func:`open_vllm_engine`."""
+    async with open_vllm_engine(config, model, own_thread=own_thread) as engine:
         raw = vllm_generate(engine)
         yield middleware(raw) if middleware is not None else raw
 
 
 @asynccontextmanager
 async def open_vllm_stream(
-    config: AsyncVLLMConfig, model: str | os.PathLike[str], *, middleware: StreamMiddleware | None = None
+    config: AsyncVLLMConfig,
+    model: str | os.PathLike[str],
+    *,
+    middleware: StreamMiddleware | None = None,
+    own_thread: bool | None = None,
 ) -> AsyncIterator[Stream]:
     """Start a vLLM engine for ``model`` and yield a :data:`Stream` over it
-    (wrapped in ``middleware`` if given); shut the engine down on exit."""
-    async with open_vllm_engine(config, model) as engine:
+    (wrapped in ``middleware`` if given); shut the engine down on exit.
+    ``own_thread`` as for :func:`open_vllm_engine`."""
+    async with open_vllm_engine(config, model, own_thread=own_thread) as engine:
         raw = vllm_stream(engine)
         yield middleware(raw) if middleware is not None else raw
