@@ -79,11 +79,14 @@ def test_rollout_writes_one_trajectory_per_chain_and_reports_bad_lines(fake_serv
 
 
 def test_rollout_resumes_after_an_interruption_without_losing_or_repeating(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
-    fake_server.configure(latency=0.15)
+    # 80 chains two at a time at 0.3 s a call: over 12 s, so the interrupt lands
+    # mid-rollout even when this process is starved for seconds (CI once saw
+    # all 40 chains of a shorter run finish before it).
+    fake_server.configure(latency=0.3)
     out = tmp_path / "out.jsonl"
     args = [
         sys.executable, "-m", "agentfly_min", "rollout", "--config", str(agent_toml(tmp_path / "agent.toml", fake_server)),
-        "--tasks", str(tasks_file(tmp_path / "tasks.jsonl", 20)), "--out", str(out), "--n", "2", "--concurrency", "2",
+        "--tasks", str(tasks_file(tmp_path / "tasks.jsonl", 40)), "--out", str(out), "--n", "2", "--concurrency", "2",
     ]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -94,14 +97,14 @@ def test_rollout_resumes_after_an_interruption_without_losing_or_repeating(fake_
     assert proc.returncode == 130, stderr
     assert "run again to resume" in stderr
     first = out.read_bytes().count(b"\n")
-    assert 6 <= first < 40
+    assert 6 <= first < 80
     fake_server.configure()
     again = cli("rollout", *args[4:])
     assert again.returncode == 0, again.stderr
     written = trajectories(out)
     pairs = [(t.task_id, t.chain_index) for t in written]
-    assert len(pairs) == len(set(pairs)) == 40  # nothing lost, nothing twice
-    assert len(fake_server.log()) == 40 - first  # only the missing chains ran the second time
+    assert len(pairs) == len(set(pairs)) == 80  # nothing lost, nothing twice
+    assert len(fake_server.log()) == 80 - first  # only the missing chains ran the second time
 
 
 def test_rollout_refuses_a_bad_config_naming_the_problem(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from agentfly_min import PermanentError, Request
 from agentfly_min.stream import collect
 from agentfly_min.transports.vllm import open_vllm_engine, vllm_generate, vllm_stream
 
-from .vllm_support import ENGINE_CONFIG, assert_gone, engine_children
+from .vllm_support import ENGINE_CONFIG, assert_gone, cancel_long_requests_and_wait_for_aborts, engine_children
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -41,16 +41,7 @@ async def test_open_vllm_runs_where_the_caller_runs(anyio_backend: str, tiny_mod
         assert len(streamed.outputs[0].token_ids or ()) == 5
 
         # Cancelling a call aborts it in the engine, on either kind of engine.
-        async def long(i: int) -> None:
-            await generate(Request(prompt_ids=(1, 9 + i), max_new_tokens=400, ignore_eos=True))
-
-        with anyio.move_on_after(0.3):
-            async with anyio.create_task_group() as tg:
-                for i in range(8):
-                    tg.start_soon(long, i)
-        with anyio.fail_after(10):
-            while await engine.unfinished_requests():
-                await anyio.sleep(0.05)
+        await cancel_long_requests_and_wait_for_aborts(generate, engine, 8)
 
         if on_asyncio:  # another loop cannot use an engine bound to this one: a typed error, not a hang
             async def call() -> None:

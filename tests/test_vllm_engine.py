@@ -35,7 +35,7 @@ from agentfly_min.tools import calculator
 from agentfly_min.transports.vllm import VLLMEngine, open_vllm, vllm_generate, vllm_stream
 
 from .support import says
-from .vllm_support import ENGINE_CONFIG, assert_gone, engine_children
+from .vllm_support import ENGINE_CONFIG, assert_gone, cancel_long_requests_and_wait_for_aborts, engine_children
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -131,17 +131,7 @@ async def test_regex_constrains_the_output(generate: Generate) -> None:
 
 
 async def test_cancelled_requests_are_aborted_in_the_engine(generate: Generate, engine: VLLMEngine) -> None:
-    async def long(i: int) -> None:
-        await generate(Request(prompt_ids=(1, 5 + i), max_new_tokens=400, ignore_eos=True))
-
-    for _ in range(3):
-        with anyio.move_on_after(0.3):
-            async with anyio.create_task_group() as tg:
-                for i in range(24):
-                    tg.start_soon(long, i)
-    with anyio.fail_after(10):
-        while await engine.unfinished_requests():
-            await anyio.sleep(0.05)
+    await cancel_long_requests_and_wait_for_aborts(generate, engine, 24, waves=3)
     completion = await generate(Request(prompt_ids=(1, 379), max_new_tokens=8, ignore_eos=True))
     assert len(completion.outputs[0].token_ids or ()) == 8
 

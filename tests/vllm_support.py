@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
+import anyio
+import msgspec
 import psutil
 
-import msgspec
-
+from agentfly_min import Generate, Request
 from agentfly_min.local import cpu_engine_config
+from agentfly_min.transports.vllm import VLLMEngine
 
 # What runs on a 2-core CPU machine (see shared/NOTES-vllm-cpu.md). JSON
 # without free whitespace: a random model otherwise loops on newlines inside
@@ -47,3 +49,20 @@ def _alive(process: psutil.Process) -> bool:
         return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
+
+
+async def cancel_long_requests_and_wait_for_aborts(generate: Generate, engine: VLLMEngine, count: int, waves: int = 1) -> None:
+    """Start ``count`` long requests, cancel them all after 0.3 s (``waves``
+    times), then wait until the engine has aborted every one of them."""
+
+    async def long(i: int) -> None:
+        await generate(Request(prompt_ids=(1, 5 + i), max_new_tokens=400, ignore_eos=True))
+
+    for _ in range(waves):
+        with anyio.move_on_after(0.3):
+            async with anyio.create_task_group() as tg:
+                for i in range(count):
+                    tg.start_soon(long, i)
+    with anyio.fail_after(10):
+        while await engine.unfinished_requests():
+            await anyio.sleep(0.05)
