@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agentfly_min import PermanentError, Request
+from agentfly_min import ConfigError, PermanentError, Request
 from agentfly_min.stream import collect
 from agentfly_min.transports.vllm import open_vllm_engine, vllm_generate, vllm_stream
 
@@ -73,3 +73,13 @@ async def test_an_engine_of_its_own_thread_on_asyncio_serves_other_loops(anyio_b
             return anyio.run(call, backend="trio")
 
         assert await anyio.to_thread.run_sync(on_trio) == 3
+
+
+async def test_trio_cannot_have_an_engine_on_its_loop(anyio_backend: str, tiny_model_path: Path) -> None:
+    if anyio_backend == "asyncio":
+        pytest.skip("asyncio callers may: the first test covers it")
+    before = engine_children()
+    with pytest.raises(ConfigError, match="trio needs own_thread"):
+        async with open_vllm_engine(ENGINE_CONFIG, tiny_model_path, own_thread=False):
+            pass  # pragma: no cover - refused before anything starts
+    assert engine_children() == before

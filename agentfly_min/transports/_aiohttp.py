@@ -27,7 +27,7 @@ from ..configs import ClientConfig
 from ..errors import ContextLengthError, PermanentError, TransientError
 from ..local.server_id import HEADER as SERVER_HEADER
 from ..records import Completion, Generate, Request
-from ._bridge import AsyncioThread
+from ._bridge import AsyncioThread, on_asyncio
 from ._chat import refuse_images
 from .client import _api_key, _body, _completion, _options, _text_body, _text_completion, _one_model, status_error
 
@@ -148,7 +148,7 @@ async def open_aiohttp_generate(config: ClientConfig, model: str | None) -> Asyn
     """Yield the raw :data:`Generate` over aiohttp and the model's name
     (``model``, else the server's only one). On asyncio the session is on
     the caller's loop; on trio (or anything else) on an asyncio thread."""
-    if _on_asyncio():
+    if on_asyncio():
         wire = _Wire(config)
         try:
             name = model or _one_model(await wire.models())
@@ -177,13 +177,6 @@ async def open_aiohttp_generate(config: ClientConfig, model: str | None) -> Asyn
     finally:
         thread.stop()
 
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # trio (or another loop): no asyncio loop running here
-        return False
-    return True
 
 
 async def _make(config: ClientConfig) -> _Wire:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["AsyncioThread", "wait_future"]
+__all__ = ["AsyncioThread", "on_asyncio", "wait_future"]
 
 T = TypeVar("T")
 
@@ -54,6 +54,15 @@ class _Mailbox:
             calls, self._calls = self._calls, []
         for call in calls:
             call()
+
+
+def on_asyncio() -> bool:
+    """Whether the caller runs on an asyncio loop (else on trio)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # trio: no asyncio loop runs here
+        return False
+    return True
 
 
 def _current_loop() -> tuple[object, Callable[[Callable[[], object]], object]]:

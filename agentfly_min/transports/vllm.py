@@ -39,7 +39,7 @@ from ..errors import (
     TransportClosedError,
 )
 from ..records import Completion, Generate, Middleware, Output, Request, Usage
-from ._bridge import AsyncioThread
+from ._bridge import AsyncioThread, on_asyncio
 from ._chat import prompt_ids
 from ._finish import finish_reason
 from ._sampling import extra_sampling, structured_outputs
@@ -208,13 +208,16 @@ class VLLMEngine:
         # vLLM needs ids unique among requests in flight; a session id repeats.
         return f"{session or 'req'}-{next(self._ids)}"
 
-    def _on_own_loop(self) -> asyncio.AbstractEventLoop:
+    def _on_own_loop(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.AbstractEventLoop:
+        """The engine's loop, if the caller runs on it; else ``coroutine``
+        is closed (no "never awaited" warning) and a PermanentError raised."""
         assert self._loop is not None
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is not self._loop:
+            coroutine.close()
             raise PermanentError(
                 "this vLLM engine runs on the asyncio loop that opened it; to call it from another loop "
                 "(trio, another thread) open it with own_thread=True"
@@ -225,23 +228,14 @@ class VLLMEngine:
         """Run a coroutine on the engine's loop and await it (from any loop
         when the engine has its own thread)."""
         if self._thread is None:
-            try:
-                self._on_own_loop()
-            except PermanentError:
-                coroutine.close()
-                raise
+            self._on_own_loop(coroutine)
             return await coroutine
         return await self._thread.run(coroutine)
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start a coroutine on the engine's loop; cancel the future to cancel it."""
         if self._thread is None:
-            try:
-                loop = self._on_own_loop()
-            except PermanentError:
-                coroutine.close()
-                raise
-            return asyncio.run_coroutine_threadsafe(coroutine, loop)
+            return asyncio.run_coroutine_threadsafe(coroutine, self._on_own_loop(coroutine))
         return self._thread.submit(coroutine)
 
     def run_blocking(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -478,12 +472,12 @@ async def open_vllm_engine(
     thread on asyncio too, so that other loops (other threads, trio) may
     share it."""
     if own_thread is None:
-        own_thread = not _on_asyncio()
+        own_thread = not on_asyncio()
     with anyio.CancelScope(shield=True):  # a half-started engine must still be shut down
         if own_thread:
             engine = await anyio.to_thread.run_sync(VLLMEngine.start, config, model)
         else:
-            if not _on_asyncio():
+            if not on_asyncio():
                 raise ConfigError("own_thread", "an engine on the caller's loop needs an asyncio caller; trio needs own_thread")
             engine = await anyio.to_thread.run_sync(VLLMEngine.start_for_loop, config, model, asyncio.get_running_loop())
     try:
@@ -492,13 +486,6 @@ async def open_vllm_engine(
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(engine.close)
 
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # trio: no asyncio loop runs here
-        return False
-    return True
 
 
 @asynccontextmanager
