@@ -6,12 +6,24 @@ drawn per round, so slow drift of the machine (thermal state, a neighbour's
 load) lands on both sides and the pairing keeps it out of the ratio. The
 interval resamples whole rounds (both sides of a round together), so it is
 as wide as the round-to-round noise really is.
+
+A plain percentile bootstrap over a handful of rounds is too narrow (over 5
+rounds its "95%" interval holds the truth about 80% of the time: it uses
+normal quantiles and the spread of the sample as if they were known), and
+the bench stops as soon as an interval looks narrow, which rewards exactly
+those. So the interval is Hesterberg's *expanded* percentile interval: the
+bootstrap's tails are read at the levels that turn a normal quantile into
+Student's t one with n-1 degrees of freedom, times sqrt(n / (n-1)).
+(T. Hesterberg, "What Teachers Should Know About the Bootstrap", The
+American Statistician 69(4), 2015.)
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
+from statistics import NormalDist
 from typing import Annotated, Literal, TypeAlias
 
 import msgspec
@@ -25,6 +37,7 @@ __all__ = [
     "Verdict",
     "Stopped",
     "ratio_interval",
+    "expanded_tail",
     "verdict",
     "measure_pairs",
     "describe",
@@ -87,11 +100,36 @@ def _pooled_ratio(ours: Sequence[Sample], raw: Sequence[Sample], picks: Sequence
     return (ours_work / ours_seconds) / (raw_work / raw_seconds)
 
 
+def _student_t_quantile(p: float, df: int) -> float:
+    """Student's t quantile: exact for 1 and 2 degrees of freedom, else the
+    Cornish-Fisher expansion around the normal one (Abramowitz & Stegun
+    26.7.5; within 0.004 of the tables from 3 degrees of freedom on).
+    Hand-written: the alternative is SciPy, a large dependency for six lines."""
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    z = NormalDist().inv_cdf(p)
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+def expanded_tail(rounds: int, confidence: float) -> float:
+    """The bootstrap tail to read for a ``confidence`` interval over
+    ``rounds`` rounds (Hesterberg's expansion; 0.025 at 95% as rounds grow)."""
+    require("expanded_tail.rounds", rounds, Annotated[int, Meta(ge=2)])
+    t = _student_t_quantile(0.5 + confidence / 2, rounds - 1)
+    return NormalDist().cdf(-math.sqrt(rounds / (rounds - 1)) * t)
+
+
 def ratio_interval(
     ours: Sequence[Sample], raw: Sequence[Sample], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
     """The pooled ratio of ``ours`` over ``raw`` (paired by round) and its
-    percentile bootstrap interval at ``confidence``."""
+    expanded percentile bootstrap interval at ``confidence``."""
     if len(ours) != len(raw) or not ours:
         raise ValueError("ours and raw need the same number of rounds, at least one")
     rounds = len(ours)
@@ -100,9 +138,9 @@ def ratio_interval(
         return point, 0.0, float("inf")
     rng = random.Random(seed)
     draws = sorted(_pooled_ratio(ours, raw, [rng.randrange(rounds) for _ in range(rounds)]) for _ in range(resamples))
-    tail = (1.0 - confidence) / 2
-    low = draws[int(tail * (resamples - 1))]
-    high = draws[int((1.0 - tail) * (resamples - 1))]
+    tail = expanded_tail(rounds, confidence)
+    low = draws[math.floor(tail * (resamples - 1))]
+    high = draws[math.ceil((1.0 - tail) * (resamples - 1))]
     return point, low, high
 
 
