@@ -9,6 +9,7 @@ written once (and also feeds JSON Schema).
 from __future__ import annotations
 
 import functools
+import re
 import types
 import typing
 
@@ -53,6 +54,8 @@ def _accepts(hint: object) -> _Accept | None:
             return None
         tests = typing.cast("list[_Accept]", branches)
         return lambda value: any(test(value) for test in tests)
+    if origin is typing.Annotated:
+        return _accepts_constrained(hint)
     if origin is tuple:
         args = typing.get_args(hint)
         # Structs only: for a tuple of ints convert's C loop beats a Python one.
@@ -63,6 +66,67 @@ def _accepts(hint: object) -> _Accept | None:
             each = item
             return lambda value: type(value) is tuple and all(each(v) for v in value)
     return None  # Annotated constraints, dicts, anything else: convert decides
+
+
+_BOUNDS = ("ge", "gt", "le", "lt")
+_LENGTHS = ("min_length", "max_length")
+
+
+def _accepts_constrained(hint: object) -> _Accept | None:
+    """A fast test for ``Annotated[base, Meta(...)]`` with bounds on a number,
+    or a pattern or length bounds on a string or a tuple: the constraints a
+    record's fields use, checked without ``convert`` (and without hashing
+    the typing object, which costs more than the check)."""
+    base, *extras = typing.get_args(hint)
+    metas = [m for m in extras if isinstance(m, msgspec.Meta)]
+    inner = _accepts(base)
+    if inner is None or len(metas) != len(extras):
+        return None
+    test = inner
+    known = {"description", "examples", "extra", "extra_json_schema", "title"}  # documentation only
+    for meta in metas:
+        used = {name for name in dir(meta) if not name.startswith("_") and getattr(meta, name) is not None} - known
+        if base in (int, float) and used <= set(_BOUNDS):
+            test = _within(test, meta)
+        elif (base is str or typing.get_origin(base) is tuple) and used <= {"pattern", *_LENGTHS}:
+            test = _sized(test, meta)
+        else:
+            return None  # multiple_of, tz, ...: convert decides
+    return test
+
+
+def _within(test: _Accept, meta: msgspec.Meta) -> _Accept:
+    ge, gt, le, lt = (getattr(meta, name) for name in _BOUNDS)
+
+    def accept(value: object) -> bool:
+        if not test(value):
+            return False
+        number = typing.cast(float, value)
+        # NaN fails every comparison, so it falls through to convert.
+        return (
+            (ge is None or number >= ge)
+            and (gt is None or number > gt)
+            and (le is None or number <= le)
+            and (lt is None or number < lt)
+        )
+
+    return accept
+
+
+def _sized(test: _Accept, meta: msgspec.Meta) -> _Accept:
+    low, high = meta.min_length, meta.max_length
+    pattern = re.compile(meta.pattern) if meta.pattern is not None else None
+
+    def accept(value: object) -> bool:
+        if not test(value):
+            return False
+        sized = typing.cast("str | tuple[object, ...]", value)
+        if (low is not None and len(sized) < low) or (high is not None and len(sized) > high):
+            return False
+        # msgspec matches a pattern with re.search, unanchored.
+        return pattern is None or pattern.search(typing.cast(str, sized)) is not None
+
+    return accept
 
 
 @functools.cache
@@ -86,7 +150,9 @@ def check_fields(obj: msgspec.Struct) -> None:
     settled without ``msgspec.convert``: a value that is its field's default
     (the class's own, valid by construction), and values whose type alone
     proves them valid (a ``str`` for ``str``, a struct for its own type, a
-    tuple of those). Constrained fields always go through ``convert``."""
+    tuple of those), and numbers, strings and tuples within their declared
+    bounds, pattern or lengths. Anything else goes to ``convert``, which
+    decides and explains."""
     cls = type(obj)
     for name, hint, accept, default in _checks(cls):
         value = getattr(obj, name)

@@ -158,6 +158,8 @@ def verl_generate(
     asked for only when one calls. ``sleep`` and ``random`` are for tests.
     """
     base = dict(sampling_params or {})
+    # Read once: a transformers tokenizer looks it up anew on every access.
+    eos = tokenizer.eos_token_id
 
     async def call(request_id: str, prompt: list[int], params: dict[str, Any]) -> VerlTokenOutput:
         try:
@@ -200,7 +202,6 @@ def verl_generate(
                 raise TransientError(f"verl aborted the request {aborts} time(s) (on_abort={config.on_abort!r})")
             delay = min(config.abort_backoff_max, config.abort_backoff * 2 ** (aborts - 1))
             await sleep(delay * (1 - 0.25 * random()))
-        eos = tokenizer.eos_token_id
         finish: FinishReason
         if tokens and tokens[-1] == eos:
             finish = "stop"
