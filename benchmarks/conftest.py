@@ -94,6 +94,7 @@ def paired(
     benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
     (estimate,) = found
     benchmark.extra_info.update(
+        label=label,
         ratio=estimate.ratio,
         ratio_low=estimate.low,
         ratio_high=estimate.high,

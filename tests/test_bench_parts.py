@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,24 @@ def test_table_and_chart(tmp_path: Path) -> None:
     assert msgspec.json.decode(msgspec.json.encode(report), type=BenchReport) == report  # every sample survives the JSON
     markdown = render_markdown(report)
     assert markdown.count("\n| vllm |") == 2 and f"| {ratio:.2f}x [{low:.2f}, {high:.2f}] | {estimate.verdict} | 4 (budget) |" in markdown
+
+
+def test_the_suites_table_is_rendered_from_pytest_benchmark_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agentfly_min.bench.report import main
+
+    info = {"label": "asyncio: ours vs the bare engine, tokens/s", "ratio": 0.984, "ratio_low": 0.951, "ratio_high": 1.02}
+    data = {
+        "machine_info": {},
+        "datetime": "2026-11-28T01:40:00.123456+00:00",
+        "benchmarks": [
+            {"fullname": "benchmarks/bench_vllm.py::test_x[asyncio]", "extra_info": info | {"verdict": "no measurable difference", "rounds": 12, "stopped": "narrow"}},
+            {"fullname": "benchmarks/bench_loop.py::test_flat", "extra_info": {"peak_mb": 83}},
+        ],
+    }
+    path = tmp_path / "suites.json"
+    path.write_text(json.dumps(data))
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| bench_vllm | asyncio: ours vs the bare engine, tokens/s | 0.98x [0.95, 1.02] | no measurable difference | 12 (narrow) |" in out
+    assert "bench_loop" not in out  # no ratio, no row
+    assert out.startswith("2026-11-28 01:40 UTC")

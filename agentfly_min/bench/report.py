@@ -7,14 +7,23 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from .stats import RatioEstimate, Verdict
 from .workload import Workload
 
-__all__ = ["RunResult", "Environment", "BenchReport", "environment", "render_table", "render_markdown", "render_chart"]
+__all__ = [
+    "RunResult",
+    "Environment",
+    "BenchReport",
+    "environment",
+    "render_table",
+    "render_markdown",
+    "render_suites_markdown",
+    "render_chart",
+]
 
 TransportName = Literal["vllm", "client", "verl", "fleet"]
 
@@ -186,10 +195,52 @@ def render_markdown(report: BenchReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Suite(msgspec.Struct, frozen=True, kw_only=True):
+    fullname: str
+    extra_info: dict[str, Any] = {}
+
+
+class _SuiteRun(msgspec.Struct, frozen=True, kw_only=True):
+    """What we read of a pytest-benchmark JSON file."""
+
+    benchmarks: list[_Suite]
+    datetime: str = ""
+
+
+def render_suites_markdown(data: bytes) -> str:
+    """The README's table of the pytest-benchmark suites' ratios, from the
+    JSON ``pytest benchmarks/ --benchmark-json=F`` writes (each paired
+    measurement keeps its label, ratio, interval and rounds in
+    ``extra_info``); benchmarks without a ratio are left out."""
+    run = msgspec.json.decode(data, type=_SuiteRun)
+    lines = [
+        f"{run.datetime[:16].replace('T', ' ')} UTC",
+        "",
+        "| suite | measurement | ratio [95% CI] | verdict | rounds |",
+        "|---|---|---|---|---|",
+    ]
+    for bench in run.benchmarks:
+        info = bench.extra_info
+        if "ratio" not in info:
+            continue
+        suite = bench.fullname.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+        label = str(info.get("label", bench.fullname.split("::")[-1]))
+        lines.append(
+            f"| {suite} | {label} | {info['ratio']:.2f}x [{info['ratio_low']:.2f}, {info['ratio_high']:.2f}] | "
+            f"{info['verdict']} | {info['rounds']} ({info['stopped']}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> int:
-    """Print the Markdown table of each bench.json named."""
+    """Print the Markdown table of each bench.json (or pytest-benchmark
+    JSON) named."""
     for path in argv:
-        print(render_markdown(msgspec.json.decode(Path(path).read_bytes(), type=BenchReport)))
+        data = Path(path).read_bytes()
+        if b'"benchmarks"' in data[:200_000] and b'"machine_info"' in data:
+            print(render_suites_markdown(data))
+        else:
+            print(render_markdown(msgspec.json.decode(data, type=BenchReport)))
     return 0
 
 
