@@ -65,7 +65,7 @@ def _accepts(hint: object) -> _Accept | None:
                 return None
             each = item
             return lambda value: type(value) is tuple and all(each(v) for v in value)
-    return None  # Annotated constraints, dicts, anything else: convert decides
+    return None  # dicts, anything else: convert decides
 
 
 _BOUNDS = ("ge", "gt", "le", "lt")

@@ -8,8 +8,9 @@ interval resamples whole rounds (both sides of a round together), so it is
 as wide as the round-to-round noise really is.
 
 A plain percentile bootstrap over a handful of rounds is too narrow (over 5
-rounds its "95%" interval holds the truth about 80% of the time: it uses
-normal quantiles and the spread of the sample as if they were known), and
+rounds its "95%" interval held the truth 85% of the time in a simulation
+here: it uses normal quantiles and the spread of the sample as if they were
+known), and
 the bench stops as soon as an interval looks narrow, which rewards exactly
 those. So the interval is Hesterberg's *expanded* percentile interval: the
 bootstrap's tails are read at the levels that turn a normal quantile into
