@@ -178,6 +178,5 @@ async def open_aiohttp_generate(config: ClientConfig, model: str | None) -> Asyn
         thread.stop()
 
 
-
 async def _make(config: ClientConfig) -> _Wire:
     return _Wire(config)  # made on the loop that will use it

@@ -14,7 +14,6 @@ trio it is run on an asyncio loop thread that :func:`open_verl` owns.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import random as _random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -27,7 +26,7 @@ from ..configs import AsyncVerlConfig
 from .._text import one_line
 from ..errors import ContextLengthError, PermanentError, TransientError, TransportClosedError
 from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
-from ._bridge import AsyncioThread
+from ._bridge import AsyncioThread, on_asyncio
 from ._chat import prompt_ids
 from ._sampling import extra_sampling, structured_outputs
 
@@ -162,13 +161,12 @@ def verl_generate(
     eos = tokenizer.eos_token_id
 
     async def call(request_id: str, prompt: list[int], params: dict[str, Any]) -> VerlTokenOutput:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # not on asyncio: hop to the asyncio thread
-            if asyncio_thread is None:
-                raise PermanentError("verl's client needs asyncio; on trio, open the transport with open_verl") from None
-            return await asyncio_thread().run(server.generate(request_id, prompt_ids=prompt, sampling_params=params))
-        return await server.generate(request_id, prompt_ids=prompt, sampling_params=params)
+        if on_asyncio():
+            return await server.generate(request_id, prompt_ids=prompt, sampling_params=params)
+        # trio: hop to the asyncio thread
+        if asyncio_thread is None:
+            raise PermanentError("verl's client needs asyncio; on trio, open the transport with open_verl")
+        return await asyncio_thread().run(server.generate(request_id, prompt_ids=prompt, sampling_params=params))
 
     async def sample(request: Request, request_id: str, prompt: list[int], max_tokens: int) -> Output:
         want_logprobs = config.logprobs or request.logprobs

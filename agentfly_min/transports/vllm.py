@@ -487,7 +487,6 @@ async def open_vllm_engine(
             await anyio.to_thread.run_sync(engine.close)
 
 
-
 @asynccontextmanager
 async def open_vllm(
     config: AsyncVLLMConfig,
