@@ -2,7 +2,9 @@
 the same local vLLM OpenAI server, in the same run, on asyncio and trio:
 32 x 64 new tokens a round, rounds paired until the ratio's interval is
 narrow. Here the server's sampling dominates; bench_client.py measures the
-client's own cost against a minimal server."""
+client's own cost against a minimal server. The server and the client each
+have CPUs of their own (``split_cpus``): sharing two cores, the client's
+loop was left unscheduled for seconds behind vLLM's engine processes."""
 
 from __future__ import annotations
 
@@ -15,16 +17,19 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from agentfly_min import ClientConfig, Message, Request, open_backend
-from agentfly_min.local import VLLMServer
+from agentfly_min.local import VLLMServer, pinned, split_cpus
 
 from .conftest import WORK, RatioReporter, paired, timed
 
 BATCH, NEW_TOKENS = 32, 64
 
 
+CLIENT_CPUS, SERVER_CPUS = split_cpus()
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_path: Path) -> Iterator[VLLMServer]:
-    with VLLMServer(tiny_model_path, work_dir=WORK, max_model_len=1024) as running:
+    with VLLMServer(tiny_model_path, work_dir=WORK, max_model_len=1024, cpus=SERVER_CPUS) as running:
         yield running
 
 
@@ -76,5 +81,6 @@ def test_client_transport_vs_bare_client_on_vllm_server(
     def ours() -> int:
         return anyio.run(our_batch, server, backend=backend)
 
-    estimate = paired(benchmark, report_ratio, f"{backend}: ours vs bare AsyncOpenAI, tokens/s", timed(ours), timed(bare))
+    with pinned(CLIENT_CPUS):
+        estimate = paired(benchmark, report_ratio, f"{backend}: ours vs bare AsyncOpenAI, tokens/s", timed(ours), timed(bare))
     assert all(s.work == BATCH * NEW_TOKENS for s in (*estimate.ours, *estimate.raw))

@@ -237,6 +237,7 @@ def test_local_stacks_pick_cpu_settings_only_without_a_gpu(tmp_path: Path, monke
     cpu_args = VLLMServer("m", work_dir=tmp_path, device="cpu")._args
     gpu_args = VLLMServer("m", work_dir=tmp_path, device="cuda")._args
     assert "--enforce-eager" in cpu_args and "--kv-cache-memory-bytes" in cpu_args
+    assert cpu_args[cpu_args.index("--distributed-executor-backend") + 1] == "uni"  # no spinning worker queue
     assert "--enforce-eager" not in gpu_args and "--kv-cache-memory-bytes" not in gpu_args and "--dtype" not in gpu_args
     # The hub is put offline only for a local model folder, and never over the user's own setting.
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -244,6 +245,45 @@ def test_local_stacks_pick_cpu_settings_only_without_a_gpu(tmp_path: Path, monke
     assert "HF_HUB_OFFLINE" not in cpu_environment(tmp_path, offline=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert "HF_HUB_OFFLINE" not in cpu_environment(tmp_path)
+
+
+def test_a_server_is_pinned_only_to_cpus_this_process_may_use(tmp_path: Path) -> None:
+    import os
+
+    from agentfly_min.local import VLLMServer
+
+    allowed = os.sched_getaffinity(0)
+    assert VLLMServer("m", work_dir=tmp_path).cpus is None
+    assert VLLMServer("m", work_dir=tmp_path, cpus=[min(allowed), min(allowed)]).cpus == frozenset({min(allowed)})
+    with pytest.raises(ValueError, match="at least one CPU"):
+        VLLMServer("m", work_dir=tmp_path, cpus=())
+    with pytest.raises(ValueError, match=rf"cpus \[{max(allowed) + 1}\] are not available"):
+        VLLMServer("m", work_dir=tmp_path, cpus={min(allowed), max(allowed) + 1})
+
+
+def test_a_benchmark_splits_the_cpus_and_gives_the_thread_its_own_back() -> None:
+    import os
+    import threading
+
+    from agentfly_min.local import pinned, split_cpus
+
+    allowed = os.sched_getaffinity(0)
+    client, server = split_cpus()
+    if len(allowed) < 2:
+        assert (client, server) == (None, None)
+        return
+    assert client is not None and server is not None
+    assert len(client) == 1 and not client & server and client | server == allowed
+    seen: list[set[int]] = []
+    with pytest.raises(KeyError), pinned(client):
+        assert os.sched_getaffinity(0) == client
+        thread = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))  # started inside: inherits
+        thread.start()
+        thread.join()
+        raise KeyError("user code failed")
+    assert seen == [client] and os.sched_getaffinity(0) == allowed
+    with pinned(None):
+        assert os.sched_getaffinity(0) == allowed
 
 
 def test_resuming_never_deletes_a_complete_line(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:

@@ -4,12 +4,14 @@ on 127.0.0.1 for this module (the tiny model), stopped at the end."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 import msgspec
+import psutil
 import pytest
 
 from agentfly_min import (
@@ -36,12 +38,17 @@ from .vllm_support import COMPACT_JSON, assert_gone, engine_children
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
+# Pinned to one CPU, as the benchmarks pin it away from the client; the
+# last test below checks that every process and thread of it stayed there.
+PINNED = frozenset({max(os.sched_getaffinity(0))})
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_path: Path) -> Iterator[VLLMServer]:
     before = set(p.pid for p in engine_children())
     shm_before = shm_entries()
     compact = ("--structured-outputs-config", json.dumps(COMPACT_JSON))
-    with VLLMServer(tiny_model_path, work_dir=WORK, max_model_len=1024, extra_args=compact) as running:
+    with VLLMServer(tiny_model_path, work_dir=WORK, max_model_len=1024, extra_args=compact, cpus=PINNED) as running:
         started = [p for p in engine_children() if p.pid not in before]
         yield running
     assert_gone(started)
@@ -197,3 +204,20 @@ async def test_vllm_accepts_our_sampling_extensions_and_a_json_schema(server: VL
         completion = await generate(request)
     assert completion.outputs[0].finish_reason == "stop", completion.outputs[0].text
     assert isinstance(decode_output(completion, Pick), Pick)
+
+
+def test_every_process_and_thread_of_a_pinned_server_stays_on_its_cpus(server: VLLMServer) -> None:
+    assert server.pid is not None
+    group = [p for p in psutil.process_iter() if _group(p.pid) == server.pid]
+    assert len(group) >= 2  # the API server and its engine core at least
+    threads = [(p.pid, t.id) for p in group for t in p.threads()]
+    assert len(threads) > len(group)
+    # vLLM binds its CPU worker's OpenMP threads itself: none may leave the set.
+    assert {tid: os.sched_getaffinity(tid) for _, tid in threads} == {tid: PINNED for _, tid in threads}
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

@@ -123,9 +123,12 @@ def _vllm(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runne
 def _client(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
     import openai
 
-    from ..local import VLLMServer
+    from ..local import VLLMServer, pinned, split_cpus
 
-    with VLLMServer(options.model, work_dir=Path(options.work_dir), max_model_len=1024, device=options.device) as server:
+    # The client (ours and the SDK alike) on a CPU of its own: see split_cpus.
+    client_cpus, server_cpus = split_cpus()
+    work_dir = Path(options.work_dir)
+    with VLLMServer(options.model, work_dir=work_dir, max_model_len=1024, device=options.device, cpus=server_cpus) as server, pinned(client_cpus):
         config = ClientConfig(base_url=server.base_url, model=server.model, timeout=300)
 
         async def run_ours(workload: Workload, tick: Callable[[], None]) -> RunStats:

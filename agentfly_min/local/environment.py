@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, TypeAlias
 
@@ -18,6 +20,8 @@ __all__ = [
     "cpu_engine_config",
     "detect_device",
     "local_engine_config",
+    "pinned",
+    "split_cpus",
 ]
 
 Device: TypeAlias = Literal["cpu", "cuda"]
@@ -78,3 +82,34 @@ def cpu_environment(work_dir: Path, *, offline: bool = True) -> dict[str, str]:
         # Ray replaces a loopback node address with the host's unless told this.
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
+
+
+def split_cpus() -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """``(client, server)`` CPUs for a client and a local server on one
+    machine: one CPU for the client (an event loop, plus the bridge's on
+    trio), the rest for the server; ``(None, None)`` with only one CPU.
+
+    Unpinned on two cores, the client's loop shares a core with vLLM's busy
+    engine processes; a scheduler trace showed it runnable but unscheduled
+    for seconds after a burst of sends, which is the machine's doing, not
+    the client's, and swamps what a benchmark means to measure."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None, None
+    return frozenset(allowed[:1]), frozenset(allowed[1:])
+
+
+@contextmanager
+def pinned(cpus: frozenset[int] | None) -> Iterator[None]:
+    """Run the calling thread (and the threads and processes it starts
+    meanwhile) on ``cpus``, and give it back its own set after; ``None``
+    leaves it alone."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)

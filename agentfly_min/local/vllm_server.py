@@ -8,13 +8,25 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from ._shm import shm_entries, sweep_shm
 from .environment import Device, cpu_environment, free_port
 
 __all__ = ["VLLMServer"]
+
+
+def _checked_cpus(cpus: Collection[int] | None) -> frozenset[int] | None:
+    if cpus is None:
+        return None
+    chosen = frozenset(cpus)
+    if not chosen:
+        raise ValueError("cpus must name at least one CPU (or be None to leave the server unpinned)")
+    allowed = os.sched_getaffinity(0)
+    if not chosen <= allowed:
+        raise ValueError(f"cpus {sorted(chosen - allowed)} are not available to this process (it may use {sorted(allowed)})")
+    return chosen
 
 
 class VLLMServer:
@@ -24,6 +36,13 @@ class VLLMServer:
     ``/health`` and stops it (the whole process group) on exit.
     ``base_url`` is its ``/v1`` URL. Tool-call parsing is on, with vLLM's
     ``tool_parser`` (Hermes by default).
+
+    ``cpus`` pins the server (its API process and every process and thread
+    it starts) to those CPUs. On a small machine that runs the client too,
+    this keeps the two apart: unpinned, the client's event loop shares a
+    core with vLLM's busy engine processes, and a burst of sends on fresh
+    connections can leave it runnable but unscheduled for seconds (seen here
+    on two cores with a scheduler trace; see README, Benchmarks).
     """
 
     def __init__(
@@ -38,13 +57,22 @@ class VLLMServer:
         startup_timeout: float = 300.0,
         device: Device = "cpu",
         tool_parser: str = "hermes",
+        cpus: Collection[int] | None = None,
     ) -> None:
+        self.cpus = _checked_cpus(cpus)
         self.model = str(model)
         self.port = free_port()
         self._work_dir = work_dir
-        # On a CPU: bfloat16, no graph capture, a fixed KV cache. On a GPU
-        # vLLM's defaults fit better than anything chosen here.
-        cpu_only = ["--dtype", "bfloat16", "--enforce-eager", "--kv-cache-memory-bytes", str(kv_cache_bytes)]
+        # On a CPU: bfloat16, no graph capture, a fixed KV cache, the model
+        # in the engine process (as cpu_engine_config: a separate worker
+        # leaves the engine process spinning on its queue, a core's worth).
+        # On a GPU vLLM's defaults fit better than anything chosen here.
+        cpu_only = [
+            "--dtype", "bfloat16",
+            "--enforce-eager",
+            "--kv-cache-memory-bytes", str(kv_cache_bytes),
+            "--distributed-executor-backend", "uni",
+        ]  # fmt: skip
         self._args = [
             "--model", self.model,
             "--host", "127.0.0.1",
@@ -87,6 +115,10 @@ class VLLMServer:
                 env=self._env,
                 start_new_session=True,  # its own process group, so stop() reaches its children
             )
+        if self.cpus is not None:
+            # Set before the interpreter has started a thread or a child
+            # (that takes seconds of imports), so all of them inherit it.
+            os.sched_setaffinity(self._proc.pid, self.cpus)
 
     @property
     def pid(self) -> int | None:
