@@ -149,12 +149,7 @@ def _client(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Run
 def _verl(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
     from ..local.verl_cluster import VerlCluster
 
-    from ..local import pinned, split_cpus
-
-    # Ray, the server actor and its engine on CPUs of their own, the client
-    # (ours and raw alike) on the rest: see split_cpus.
-    client_cpus, server_cpus = split_cpus()
-    with VerlCluster(options.model, work_dir=Path(options.work_dir), device=options.device, cpus=server_cpus) as cluster, pinned(client_cpus):
+    with VerlCluster(options.model, work_dir=Path(options.work_dir), device=options.device) as cluster:
 
         async def run_ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
             async with open_verl(AsyncVerlConfig(), cluster.client, tokenizer) as generate:

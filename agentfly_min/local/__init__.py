@@ -5,7 +5,6 @@ stops everything it started (processes, shared memory) on exit."""
 
 from .environment import (
     Device,
-    checked_cpus,
     cpu_engine_config,
     cpu_environment,
     detect_device,
@@ -19,7 +18,6 @@ from .vllm_server import VLLMServer
 __all__ = [
     "Device",
     "VLLMServer",
-    "checked_cpus",
     "cpu_engine_config",
     "cpu_environment",
     "detect_device",

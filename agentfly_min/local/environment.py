@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -20,7 +20,6 @@ __all__ = [
     "cpu_engine_config",
     "detect_device",
     "local_engine_config",
-    "checked_cpus",
     "pinned",
     "split_cpus",
 ]
@@ -83,20 +82,6 @@ def cpu_environment(work_dir: Path, *, offline: bool = True) -> dict[str, str]:
         # Ray replaces a loopback node address with the host's unless told this.
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
-
-
-def checked_cpus(cpus: Collection[int] | None) -> frozenset[int] | None:
-    """``cpus`` as a set, refused (``ValueError``) when empty or when it
-    names a CPU this process may not use; ``None`` stays ``None``."""
-    if cpus is None:
-        return None
-    chosen = frozenset(cpus)
-    if not chosen:
-        raise ValueError("cpus must name at least one CPU (or be None to leave the server unpinned)")
-    allowed = os.sched_getaffinity(0)
-    if not chosen <= allowed:
-        raise ValueError(f"cpus {sorted(chosen - allowed)} are not available to this process (it may use {sorted(allowed)})")
-    return chosen
 
 
 def split_cpus() -> tuple[frozenset[int] | None, frozenset[int] | None]:

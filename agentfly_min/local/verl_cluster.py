@@ -11,12 +11,12 @@ extras.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ._shm import shm_entries, sweep_shm
-from .environment import Device, checked_cpus, cpu_environment, pinned
+from .environment import Device, cpu_environment
 
 __all__ = ["VerlCluster"]
 
@@ -50,10 +50,7 @@ class VerlCluster:
     engine on two cores). ``device="cpu"`` uses the CPU settings and asks
     Ray for no GPU; ``"cuda"`` gives the server actor one GPU and vLLM's own
     memory and graph settings; ``engine_kwargs`` are more of vLLM's engine
-    arguments (verl's ``rollout.engine_kwargs.vllm``). ``cpus`` pins Ray's
-    processes, the server actor and its engine to those CPUs (and the Ray
-    threads ``ray.init`` starts in this process), leaving this thread where
-    it was: see ``VLLMServer``. On exit the agent-loop workers and the actor
+    arguments (verl's ``rollout.engine_kwargs.vllm``). On exit the agent-loop workers and the actor
     are killed, Ray is shut down and the engine's shared memory removed.
     """
 
@@ -69,9 +66,7 @@ class VerlCluster:
         kv_cache_bytes: int = 128 << 20,
         device: Device = "cpu",
         engine_kwargs: Mapping[str, Any] | None = None,
-        cpus: Collection[int] | None = None,
     ) -> None:
-        self.cpus = checked_cpus(cpus)
         self.model = str(model)
         self._engine_kwargs = dict(engine_kwargs or {})
         self.device = device
@@ -94,17 +89,14 @@ class VerlCluster:
         self._shm_before = shm_entries()
         ray_dir = self._work_dir / "ray"
         ray_dir.mkdir(parents=True, exist_ok=True)
-        # Everything Ray starts from here on inherits the set; the actor and
-        # its engine are started from Ray's processes, so they do too.
-        with pinned(self.cpus):
-            ray.init(
-                num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False
-            )
-            try:
-                self._start()
-            except BaseException:
-                self.close()
-                raise
+        ray.init(
+            num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False
+        )
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def _start(self) -> None:

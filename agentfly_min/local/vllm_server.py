@@ -12,9 +12,21 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from ._shm import shm_entries, sweep_shm
-from .environment import Device, checked_cpus, cpu_environment, free_port
+from .environment import Device, cpu_environment, free_port
 
 __all__ = ["VLLMServer"]
+
+
+def _checked_cpus(cpus: Collection[int] | None) -> frozenset[int] | None:
+    if cpus is None:
+        return None
+    chosen = frozenset(cpus)
+    if not chosen:
+        raise ValueError("cpus must name at least one CPU (or be None to leave the server unpinned)")
+    allowed = os.sched_getaffinity(0)
+    if not chosen <= allowed:
+        raise ValueError(f"cpus {sorted(chosen - allowed)} are not available to this process (it may use {sorted(allowed)})")
+    return chosen
 
 
 class VLLMServer:
@@ -47,7 +59,7 @@ class VLLMServer:
         tool_parser: str = "hermes",
         cpus: Collection[int] | None = None,
     ) -> None:
-        self.cpus = checked_cpus(cpus)
+        self.cpus = _checked_cpus(cpus)
         self.model = str(model)
         self.port = free_port()
         self._work_dir = work_dir
