@@ -212,7 +212,7 @@ def test_every_process_and_thread_of_a_pinned_server_stays_on_its_cpus(server: V
     assert len(group) >= 2  # the API server and its engine core at least
     threads = [(p.pid, t.id) for p in group for t in p.threads()]
     assert len(threads) > len(group)
-    # vLLM binds its CPU worker's OpenMP threads itself: none may leave the set.
+    # vLLM may bind its OpenMP threads itself (VLLM_CPU_OMP_THREADS_BIND): none may leave the set.
     assert {tid: os.sched_getaffinity(tid) for _, tid in threads} == {tid: PINNED for _, tid in threads}
 
 
