@@ -4,6 +4,7 @@ results, cancellation, and one wake-up per batch rather than per call."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 from collections.abc import Callable, Iterator
 
@@ -30,7 +31,7 @@ async def test_many_results_at_once_wake_the_caller_once_per_batch(thread: Async
         return i * i
 
     # Count the caller's wake-ups: each one is a socket write into its loop.
-    mailbox = thread._mailbox()
+    mailbox = thread.mailbox()
     schedule = mailbox._schedule
     wakeups = 0
 
@@ -111,3 +112,37 @@ def test_a_stopped_thread_refuses_work() -> None:
     with pytest.raises(RuntimeError, match="stopped"):
         thread.submit(coroutine)
     assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED  # closed, so no "never awaited" warning
+
+
+async def test_a_stopped_thread_refuses_a_hop() -> None:
+    thread = AsyncioThread("test-bridge-stopped-hop")
+    thread.stop()
+    coroutine = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="stopped"):
+        await thread.run(coroutine)
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+
+
+async def test_a_call_in_flight_when_the_thread_stops_ends_in_an_error_not_a_hang() -> None:
+    thread = AsyncioThread("test-bridge-stopping")
+    started = anyio.Event()
+    outcome: list[BaseException] = []
+
+    mailbox = thread.mailbox()
+
+    async def waits_forever() -> None:
+        mailbox.post(started.set)
+        await asyncio.Event().wait()
+
+    async def call() -> None:
+        try:
+            await thread.run(waits_forever(), mailbox)
+        except concurrent.futures.CancelledError as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await started.wait()
+            await anyio.to_thread.run_sync(thread.stop)
+    assert len(outcome) == 1

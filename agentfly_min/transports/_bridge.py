@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import typing
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -110,6 +111,55 @@ def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None
         future.set_result(task.result())
 
 
+class _Hop(Generic[T]):
+    """One call across to the asyncio thread: ``start`` and ``cancel`` run
+    there (in the order posted), the caller reads ``outcome`` once woken."""
+
+    __slots__ = ("_coroutine", "_error", "_loop", "_mailbox", "_task", "_value", "_wake", "_cancelled")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T], mailbox: _Mailbox, wake: Callable[[], object]
+    ) -> None:
+        self._loop = loop
+        self._coroutine: Coroutine[Any, Any, T] | None = coroutine
+        self._mailbox = mailbox
+        self._wake = wake
+        self._task: asyncio.Task[T] | None = None
+        self._cancelled = False
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        coroutine, self._coroutine = self._coroutine, None
+        assert coroutine is not None
+        if self._cancelled:
+            coroutine.close()
+            return
+        self._task = self._loop.create_task(coroutine)
+        self._task.add_done_callback(self._settle)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def _settle(self, task: asyncio.Task[T]) -> None:
+        if task.cancelled():
+            # Not the caller's doing (it is gone by now): the thread stopped.
+            self._error = concurrent.futures.CancelledError()
+        else:
+            self._error = task.exception()
+            if self._error is None:
+                self._value = task.result()
+        self._mailbox.post(self._wake)
+
+    def outcome(self) -> T:
+        error, self._error = self._error, None  # no cycle through the traceback
+        if error is not None:
+            raise error
+        return typing.cast(T, self._value)
+
+
 class AsyncioThread:
     """An asyncio event loop running on its own daemon thread."""
 
@@ -160,7 +210,10 @@ class AsyncioThread:
         self._inbox.post(start)
         return future
 
-    def _mailbox(self) -> _Mailbox:
+    def mailbox(self) -> _Mailbox:
+        """The running loop's mailbox for results from this thread: one per
+        caller loop, so its wake-ups are batched. A caller that hops often
+        from one loop fetches it once and passes it to :meth:`run`."""
         key, schedule = _current_loop()
         with self._callers_lock:
             mailbox = self._callers.get(key)
@@ -172,12 +225,29 @@ class AsyncioThread:
         """Whether the caller runs on this thread's loop (no hop needed)."""
         return threading.get_ident() == self._thread.ident
 
-    async def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    async def run(self, coroutine: Coroutine[Any, Any, T], mailbox: _Mailbox | None = None) -> T:
         """Run ``coroutine`` on this loop and await its result from any loop
-        (from this loop itself, directly: no hop, no wake-ups)."""
+        (from this loop itself, directly: no hop, no wake-ups). ``mailbox``
+        is the caller loop's (:meth:`mailbox`), fetched here if not given.
+
+        The hot path of every bridged call, so it skips what :meth:`submit`
+        needs for blocking callers (a ``concurrent.futures.Future``, its
+        condition variable and locks): the task's done-callback stores the
+        outcome in a :class:`_Hop` and posts the caller's wake-up."""
         if self.on_this_loop():
             return await coroutine
-        return await wait_future(self.submit(coroutine), self._mailbox())
+        if self._loop.is_closed():
+            coroutine.close()
+            raise RuntimeError("this event loop thread has stopped")
+        done = anyio.Event()
+        hop = _Hop(self._loop, coroutine, mailbox or self.mailbox(), done.set)
+        self._inbox.post(hop.start)
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class():
+            self._inbox.post(hop.cancel)  # after hop.start: one inbox, in order
+            raise
+        return hop.outcome()
 
     def run_blocking(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on this loop from synchronous code and wait."""
