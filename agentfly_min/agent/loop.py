@@ -656,7 +656,7 @@ async def rollout_stream(
     if concurrency < 1:
         raise ConfigError("rollout concurrency", f"needs concurrency >= 1, got {concurrency}")
     send, receive = anyio.create_memory_object_stream[Trajectory](max_buffer_size=concurrency)
-    slots = anyio.Semaphore(concurrency)
+    slots = anyio.Semaphore(concurrency, fast_acquire=True)  # every chain yields in its first call
 
     async def chain(out: MemoryObjectSendStream[Trajectory], task: Task, ident: str, index: int, duplicate: int | None) -> None:
         async with out:

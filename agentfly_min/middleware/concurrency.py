@@ -23,7 +23,10 @@ def concurrency_limit(limit: int | None = None, *, semaphore: anyio.Semaphore | 
     if semaphore is None:
         assert limit is not None
         require_positive("concurrency_limit.limit", limit)
-        semaphore = anyio.Semaphore(limit)
+        # fast_acquire: a free slot is taken without a trip round the event
+        # loop (8 us a call on asyncio, 1.6 with it); the wrapped call yields
+        # anyway, and waiters still queue in FIFO order.
+        semaphore = anyio.Semaphore(limit, fast_acquire=True)
     sem = semaphore
 
     def layer(inner: Generate) -> Generate:

@@ -163,7 +163,7 @@ def stream_concurrency_limit(limit: int | None = None, *, semaphore: anyio.Semap
     if semaphore is None:
         assert limit is not None
         require_positive("stream_concurrency_limit.limit", limit)
-        semaphore = anyio.Semaphore(limit)
+        semaphore = anyio.Semaphore(limit, fast_acquire=True)  # see concurrency_limit
     sem = semaphore
 
     def layer(inner: Stream) -> Stream:
