@@ -31,7 +31,7 @@ async def test_many_results_at_once_wake_the_caller_once_per_batch(thread: Async
         return i * i
 
     # Count the caller's wake-ups: each one is a socket write into its loop.
-    mailbox = thread.mailbox()
+    mailbox = thread._mailbox()
     schedule = mailbox._schedule
     wakeups = 0
 
@@ -128,7 +128,7 @@ async def test_a_call_in_flight_when_the_thread_stops_ends_in_an_error_not_a_han
     started = anyio.Event()
     outcome: list[BaseException] = []
 
-    mailbox = thread.mailbox()
+    mailbox = thread._mailbox()
 
     async def waits_forever() -> None:
         mailbox.post(started.set)
@@ -136,7 +136,7 @@ async def test_a_call_in_flight_when_the_thread_stops_ends_in_an_error_not_a_han
 
     async def call() -> None:
         try:
-            await thread.run(waits_forever(), mailbox)
+            await thread.run(waits_forever())
         except concurrent.futures.CancelledError as exc:
             outcome.append(exc)
 

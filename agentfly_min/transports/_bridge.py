@@ -113,33 +113,24 @@ def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None
 
 class _Hop(Generic[T]):
     """One call across to the asyncio thread: ``start`` and ``cancel`` run
-    there (in the order posted), the caller reads ``outcome`` once woken."""
+    there (posted to one inbox, so ``cancel`` always comes after ``start``),
+    the caller reads ``outcome`` once woken."""
 
-    __slots__ = ("_coroutine", "_error", "_loop", "_mailbox", "_task", "_value", "_wake", "_cancelled")
+    __slots__ = ("_coroutine", "_error", "_mailbox", "_task", "_value", "_wake")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T], mailbox: _Mailbox, wake: Callable[[], object]
-    ) -> None:
-        self._loop = loop
-        self._coroutine: Coroutine[Any, Any, T] | None = coroutine
+    def __init__(self, coroutine: Coroutine[Any, Any, T], mailbox: _Mailbox, wake: Callable[[], object]) -> None:
+        self._coroutine = coroutine
         self._mailbox = mailbox
         self._wake = wake
         self._task: asyncio.Task[T] | None = None
-        self._cancelled = False
         self._value: T | None = None
         self._error: BaseException | None = None
 
     def start(self) -> None:
-        coroutine, self._coroutine = self._coroutine, None
-        assert coroutine is not None
-        if self._cancelled:
-            coroutine.close()
-            return
-        self._task = self._loop.create_task(coroutine)
+        self._task = asyncio.get_running_loop().create_task(self._coroutine)
         self._task.add_done_callback(self._settle)
 
     def cancel(self) -> None:
-        self._cancelled = True
         if self._task is not None:
             self._task.cancel()
 
@@ -210,10 +201,7 @@ class AsyncioThread:
         self._inbox.post(start)
         return future
 
-    def mailbox(self) -> _Mailbox:
-        """The running loop's mailbox for results from this thread: one per
-        caller loop, so its wake-ups are batched. A caller that hops often
-        from one loop fetches it once and passes it to :meth:`run`."""
+    def _mailbox(self) -> _Mailbox:
         key, schedule = _current_loop()
         with self._callers_lock:
             mailbox = self._callers.get(key)
@@ -225,10 +213,9 @@ class AsyncioThread:
         """Whether the caller runs on this thread's loop (no hop needed)."""
         return threading.get_ident() == self._thread.ident
 
-    async def run(self, coroutine: Coroutine[Any, Any, T], mailbox: _Mailbox | None = None) -> T:
+    async def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on this loop and await its result from any loop
-        (from this loop itself, directly: no hop, no wake-ups). ``mailbox``
-        is the caller loop's (:meth:`mailbox`), fetched here if not given.
+        (from this loop itself, directly: no hop, no wake-ups).
 
         The hot path of every bridged call, so it skips what :meth:`submit`
         needs for blocking callers (a ``concurrent.futures.Future``, its
@@ -240,12 +227,12 @@ class AsyncioThread:
             coroutine.close()
             raise RuntimeError("this event loop thread has stopped")
         done = anyio.Event()
-        hop = _Hop(self._loop, coroutine, mailbox or self.mailbox(), done.set)
+        hop = _Hop(coroutine, self._mailbox(), done.set)
         self._inbox.post(hop.start)
         try:
             await done.wait()
         except anyio.get_cancelled_exc_class():
-            self._inbox.post(hop.cancel)  # after hop.start: one inbox, in order
+            self._inbox.post(hop.cancel)
             raise
         return hop.outcome()
 
