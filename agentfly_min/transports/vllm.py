@@ -21,7 +21,7 @@ import itertools
 import os
 import sys
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -285,31 +285,48 @@ def _facts(config: AsyncVLLMConfig, engine: Any) -> tuple[Any, int]:
     return tokenizer, int(engine.model_config.max_model_len)
 
 
-def _sampling_params(request: Request, prompt_len: int, max_model_len: int, *, delta: bool = False) -> Any:
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+def _sampler(max_model_len: int, *, delta: bool = False) -> Callable[[Request, int], Any]:
+    """``params(request, prompt_len)``: vLLM's ``SamplingParams`` for one
+    request. vLLM's names are looked up once, here (``from vllm import X``
+    on every call went through vLLM's lazy module ``__getattr__``), and only
+    what the request sets is passed, the rest left to vLLM's defaults."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-    room = max_model_len - prompt_len
-    if room < 1:
-        raise ContextLengthError(f"the prompt has {prompt_len} tokens, leaving no room in the model's context of {max_model_len}")
-    # Clamped to the context left, as verl's server does: the answer then ends
-    # with finish_reason "length" before max_new_tokens, and the agent loop
-    # ends the episode with "context".
-    max_tokens = min(request.max_new_tokens, room) if request.max_new_tokens is not None else room
-    return SamplingParams(
-        n=request.n,
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
-        max_tokens=max_tokens,
-        stop=list(request.stop) or None,
-        seed=request.seed,
-        logprobs=0 if request.logprobs else None,
-        ignore_eos=request.ignore_eos,
-        logit_bias=dict(request.logit_bias) if request.logit_bias else None,
-        output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
-        structured_outputs=structured_outputs(request),
-        **extra_sampling(request),
-    )
+    kind = RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY
+
+    def params(request: Request, prompt_len: int) -> Any:
+        room = max_model_len - prompt_len
+        if room < 1:
+            raise ContextLengthError(f"the prompt has {prompt_len} tokens, leaving no room in the model's context of {max_model_len}")
+        # Clamped to the context left, as verl's server does: the answer then
+        # ends with finish_reason "length" before max_new_tokens, and the
+        # agent loop ends the episode with "context".
+        max_tokens = min(request.max_new_tokens, room) if request.max_new_tokens is not None else room
+        options: dict[str, Any] = {
+            "temperature": 1.0 if request.temperature is None else request.temperature,
+            "max_tokens": max_tokens,
+            "output_kind": kind,
+        }
+        if request.n != 1:
+            options["n"] = request.n
+        if request.top_p is not None:
+            options["top_p"] = request.top_p
+        if request.stop:
+            options["stop"] = list(request.stop)
+        if request.seed is not None:
+            options["seed"] = request.seed
+        if request.logprobs:
+            options["logprobs"] = 0
+        if request.ignore_eos:
+            options["ignore_eos"] = True
+        if request.logit_bias:
+            options["logit_bias"] = dict(request.logit_bias)
+        if request.regex is not None or request.response_format is not None:
+            options["structured_outputs"] = structured_outputs(request)
+        options.update(extra_sampling(request))
+        return SamplingParams(**options)
+
+    return params
 
 
 def _output(choice: Any, with_logprobs: bool) -> Output:
@@ -332,15 +349,16 @@ def vllm_generate(engine: VLLMEngine) -> Generate:
     :class:`PermanentError` (a full queue a :class:`TransientError`), and a
     call after the engine was shut down a :class:`TransportClosedError`."""
 
-    async def on_engine_loop(prompt: list[int], params: Any, request_id: str) -> Any:
-        from vllm.inputs import TokensPrompt
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMServerError
 
+    sampling = _sampler(engine.max_model_len)
+
+    async def on_engine_loop(prompt: list[int], params: Any, request_id: str) -> Any:
         final = None
-        async for output in engine.engine.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id):
+        # A TokensPrompt is a TypedDict: this dict is one.
+        async for output in engine.engine.generate({"prompt_token_ids": prompt}, params, request_id):
             final = output
         return final
-
-    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMServerError
 
     async def generate(request: Request) -> Completion:
         if engine.closed:
@@ -349,7 +367,7 @@ def vllm_generate(engine: VLLMEngine) -> Generate:
             raise PermanentError("this engine has no tokenizer (skip_tokenizer_init): send prompt_ids")
         prompt = prompt_ids(engine.tokenizer, request)
         try:
-            params = _sampling_params(request, len(prompt), engine.max_model_len)
+            params = sampling(request, len(prompt))
             final = await engine.run(on_engine_loop(prompt, params, engine.next_id(request.request_id)))
         except GracefulHTTPError as exc:  # queue full: the engine is busy, not broken
             raise TransientError(f"vLLM is overloaded: {one_line(str(exc))}") from exc
@@ -384,6 +402,8 @@ def vllm_stream(engine: VLLMEngine) -> Stream:
     engine."""
     from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMServerError
 
+    sampling = _sampler(engine.max_model_len, delta=True)
+
     @asynccontextmanager
     async def stream(request: Request) -> AsyncIterator[AsyncIterator[Chunk]]:
         if engine.closed:
@@ -391,14 +411,12 @@ def vllm_stream(engine: VLLMEngine) -> Stream:
         if engine.tokenizer is None and request.prompt_ids is None:
             raise PermanentError("this engine has no tokenizer (skip_tokenizer_init): send prompt_ids")
         prompt = prompt_ids(engine.tokenizer, request)
-        params = _sampling_params(request, len(prompt), engine.max_model_len, delta=True)
+        params = sampling(request, len(prompt))
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def produce() -> None:
-            from vllm.inputs import TokensPrompt
-
             try:
-                async for output in engine.engine.generate(TokensPrompt(prompt_token_ids=prompt), params, engine.next_id(request.request_id)):
+                async for output in engine.engine.generate({"prompt_token_ids": prompt}, params, engine.next_id(request.request_id)):
                     queue.put_nowait(output)
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, who types it
                 queue.put_nowait(exc)
