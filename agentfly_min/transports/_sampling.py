@@ -7,7 +7,7 @@ from typing import Any
 
 from ..records import Request
 
-__all__ = ["extra_sampling", "structured_outputs"]
+__all__ = ["extra_sampling", "structured_outputs", "vllm_options"]
 
 
 def extra_sampling(request: Request) -> dict[str, Any]:
@@ -21,6 +21,27 @@ def extra_sampling(request: Request) -> dict[str, Any]:
         "repetition_penalty": request.repetition_penalty,
     }
     return {name: value for name, value in given.items() if value is not None}
+
+
+def vllm_options(request: Request) -> dict[str, Any]:
+    """What a request sets beyond temperature, top_p, the token budget and
+    logprobs (which the transports settle each their own way), as vLLM's
+    ``SamplingParams`` names them; unset ones are left out."""
+    options: dict[str, Any] = {}
+    if request.stop:
+        options["stop"] = list(request.stop)
+    if request.seed is not None:
+        options["seed"] = request.seed
+    if request.ignore_eos:
+        options["ignore_eos"] = True
+    if request.logit_bias:
+        options["logit_bias"] = dict(request.logit_bias)
+    options.update(extra_sampling(request))
+    if request.regex is not None or request.response_format is not None:
+        structured = structured_outputs(request)
+        if structured is not None:  # a "text" response_format constrains nothing
+            options["structured_outputs"] = structured
+    return options
 
 
 def structured_outputs(request: Request) -> Any:

@@ -28,7 +28,7 @@ from ..errors import ContextLengthError, PermanentError, TransientError, Transpo
 from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread, on_asyncio
 from ._chat import prompt_ids
-from ._sampling import extra_sampling, structured_outputs
+from ._sampling import vllm_options
 
 __all__ = ["VerlServer", "VerlTokenOutput", "VerlTokenizer", "open_verl", "verl_generate"]
 
@@ -71,19 +71,8 @@ def _sampling(config: AsyncVerlConfig, base: Mapping[str, Any], request: Request
         "max_tokens": max_tokens,
         "logprobs": config.logprobs or request.logprobs,
     }
-    if request.stop:
-        params["stop"] = list(request.stop)
-    if request.seed is not None:
-        params["seed"] = request.seed
-    if request.ignore_eos:
-        params["ignore_eos"] = True
-    if request.logit_bias:
-        params["logit_bias"] = dict(request.logit_bias)
-    params.update(extra_sampling(request))
-    structured = structured_outputs(request)
-    if structured is not None:
-        # verl's server builds vLLM's SamplingParams from this dict.
-        params["structured_outputs"] = structured
+    # verl's server builds vLLM's SamplingParams from this dict.
+    params.update(vllm_options(request))
     return params
 
 

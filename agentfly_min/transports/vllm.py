@@ -42,7 +42,7 @@ from ..records import Completion, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread, on_asyncio
 from ._chat import prompt_ids
 from ._finish import finish_reason
-from ._sampling import extra_sampling, structured_outputs
+from ._sampling import vllm_options
 from ..stream import Chunk, Stream, StreamMiddleware
 
 __all__ = ["VLLMEngine", "open_vllm", "open_vllm_engine", "vllm_generate", "vllm_stream", "open_vllm_stream", "engine_args"]
@@ -311,19 +311,9 @@ def _sampler(max_model_len: int, *, delta: bool = False) -> Callable[[Request, i
             options["n"] = request.n
         if request.top_p is not None:
             options["top_p"] = request.top_p
-        if request.stop:
-            options["stop"] = list(request.stop)
-        if request.seed is not None:
-            options["seed"] = request.seed
         if request.logprobs:
             options["logprobs"] = 0
-        if request.ignore_eos:
-            options["ignore_eos"] = True
-        if request.logit_bias:
-            options["logit_bias"] = dict(request.logit_bias)
-        if request.regex is not None or request.response_format is not None:
-            options["structured_outputs"] = structured_outputs(request)
-        options.update(extra_sampling(request))
+        options.update(vllm_options(request))
         return SamplingParams(**options)
 
     return params
