@@ -29,7 +29,7 @@ def _has_amx() -> bool:
 # ARCH_GET_XCOMP_PERM, read in a process of its own: permission is per
 # process and cannot be taken back, so this one stays untouched.
 _PROBE = """
-import ctypes, sys
+import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 def permitted():
     mask = ctypes.c_uint64()

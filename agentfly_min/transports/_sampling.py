@@ -7,7 +7,7 @@ from typing import Any
 
 from ..records import Request
 
-__all__ = ["extra_sampling", "structured_outputs", "vllm_options"]
+__all__ = ["vllm_options"]
 
 
 def extra_sampling(request: Request) -> dict[str, Any]:
@@ -37,10 +37,9 @@ def vllm_options(request: Request) -> dict[str, Any]:
     if request.logit_bias:
         options["logit_bias"] = dict(request.logit_bias)
     options.update(extra_sampling(request))
-    if request.regex is not None or request.response_format is not None:
-        structured = structured_outputs(request)
-        if structured is not None:  # a "text" response_format constrains nothing
-            options["structured_outputs"] = structured
+    structured = structured_outputs(request)
+    if structured is not None:
+        options["structured_outputs"] = structured
     return options
 
 
