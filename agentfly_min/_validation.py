@@ -53,7 +53,18 @@ def _accepts(hint: object) -> _Accept | None:
         if any(b is None for b in branches):
             return None
         tests = typing.cast("list[_Accept]", branches)
-        return lambda value: any(test(value) for test in tests)
+        if len(tests) == 2 and type(None) in typing.get_args(hint):
+            # ``X | None``, the common case: no generator for ``any``
+            some = tests[0] if typing.get_args(hint)[1] is type(None) else tests[1]
+            return lambda value: value is None or some(value)
+
+        def any_branch(value: object) -> bool:
+            for test in tests:
+                if test(value):
+                    return True
+            return False
+
+        return any_branch
     if origin is typing.Annotated:
         return _accepts_constrained(hint)
     if origin is tuple:

@@ -96,7 +96,9 @@ class MalformedResponseError(TransportError):
 
 
 class GenerationTimeoutError(TransientError, TimeoutError):
-    """The timeout middleware gave up on a request (``seconds`` is its limit)."""
+    """A request ran past its time limit (``seconds``): the timeout
+    middleware's, or on the aiohttp wire path aiohttp's own per-attempt
+    deadline, which stands in for that layer in the default stack."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__(f"generation did not finish within {seconds:g} s")

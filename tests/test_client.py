@@ -157,6 +157,29 @@ async def test_timeout_middleware_closes_the_connection(fake_server: FakeOpenAIS
         assert (await generate(user("next"))).outputs[0].text == "echo: next"
 
 
+async def test_every_attempt_ends_in_the_typed_timeout_on_either_wire_path(fake_server: FakeOpenAIServer) -> None:
+    # Over the SDK the default stack's timeout layer holds each attempt to
+    # config.timeout; over aiohttp the layer is left out and aiohttp's own
+    # total deadline does it. A caller cannot tell the two apart.
+    fake_server.configure(script=["slow", "slow"], slow_seconds=30)
+    async with open_backend(config(fake_server, timeout=0.5, max_retries=1)) as generate:
+        with anyio.fail_after(10), pytest.raises(RetriesExhaustedError) as caught:
+            await generate(user("too slow, twice"))
+    last = caught.value.last_error
+    assert isinstance(last, GenerationTimeoutError) and last.seconds == 0.5
+    assert [e.outcome for e in fake_server.log()] == ["slow", "slow"]
+
+
+async def test_a_bare_call_is_still_held_to_config_timeout(fake_server: FakeOpenAIServer) -> None:
+    fake_server.configure(script=["slow"], slow_seconds=30)
+    async with open_backend(config(fake_server, timeout=0.5), middleware=compose()) as generate:
+        with anyio.fail_after(10), pytest.raises(TransientError) as caught:
+            await generate(user("too slow"))
+    if LIBRARY[0] == "aiohttp":  # the deadline that stands in for the layer raises what the layer would
+        assert isinstance(caught.value, GenerationTimeoutError) and caught.value.seconds == 0.5
+    assert await wait_for_disconnect(fake_server), "the server never saw the client hang up"
+
+
 async def test_default_stack_retries_a_timed_out_attempt(fake_server: FakeOpenAIServer) -> None:
     fake_server.configure(script=["slow", "ok"], slow_seconds=30)
     async with open_backend(config(fake_server, timeout=0.5)) as generate:

@@ -246,6 +246,19 @@ async def test_timeout_raises_typed_transient_error() -> None:
     assert isinstance(caught.value, TimeoutError)
 
 
+async def test_the_client_stack_leaves_its_timeout_to_a_wire_that_keeps_one() -> None:
+    from agentfly_min import ClientConfig
+    from agentfly_min.transports import client_middleware
+
+    config = ClientConfig(base_url="http://127.0.0.1:9/v1", model="m", timeout=0.05, max_retries=0)
+    with pytest.raises(RetriesExhaustedError) as caught:
+        await client_middleware(config)(slow_then_fast([0.5])[0])(user("x"))
+    assert isinstance(caught.value.last_error, GenerationTimeoutError)
+    # without the layer the same slow call completes: the wire path is trusted to hold it to config.timeout
+    completion = await client_middleware(config, attempt_timeout=False)(slow_then_fast([0.5])[0])(user("x"))
+    assert completion.outputs[0].text == "done"
+
+
 async def test_timeout_does_not_mask_an_inner_timeout_error() -> None:
     async def inner(request: Request) -> Completion:
         raise TimeoutError("the inner call's own")

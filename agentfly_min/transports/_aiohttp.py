@@ -24,7 +24,7 @@ import anyio
 import msgspec
 
 from ..configs import ClientConfig
-from ..errors import ContextLengthError, PermanentError, TransientError
+from ..errors import ContextLengthError, GenerationTimeoutError, PermanentError, TransientError
 from ..local.server_id import HEADER as SERVER_HEADER
 from ..records import Completion, Generate, Request
 from ._bridge import AsyncioThread, on_asyncio
@@ -79,6 +79,9 @@ class _Wire:
         # No pool cap: concurrency is the middleware's job (aiohttp's default
         # of 100 connections would queue requests invisibly).
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        # aiohttp's total deadline is the per-attempt timeout of the default
+        # stack (client_middleware leaves its own layer out on this path):
+        # one timer per request, not two.
         self.session = aiohttp.ClientSession(
             connector=connector,
             headers=_headers(config),
@@ -90,7 +93,10 @@ class _Wire:
         await self.session.close()
 
     async def models(self) -> list[str]:
-        body, status, headers = await self._send("GET", f"{self.base}/models", None, None, None)
+        try:
+            body, status, headers = await self._send("GET", f"{self.base}/models", None, None, None)
+        except GenerationTimeoutError as exc:  # no generation: say what timed out
+            raise TransientError(f"listing the server's models took more than {exc.seconds:g} s") from None
         if status >= 400:
             raise status_error(status, headers, _message(body))
         try:
@@ -104,8 +110,8 @@ class _Wire:
         try:
             async with self.session.request(method, url, data=body, headers=headers, params=query) as response:
                 return await response.read(), response.status, response.headers
-        except asyncio.TimeoutError:
-            raise TransientError("request timed out") from None
+        except asyncio.TimeoutError:  # the total deadline, or connecting / reading timed out
+            raise GenerationTimeoutError(self.config.timeout) from None
         except aiohttp.ClientError as exc:  # refused, reset, cut off mid-body
             raise TransientError(f"connection failed: {type(exc).__name__}: {exc}") from exc
 
