@@ -19,7 +19,7 @@ from agentfly_min import AsyncVerlConfig, Request
 from agentfly_min.local.verl_cluster import VerlCluster
 from agentfly_min.transports.verl import open_verl
 
-from .conftest import WORK, RatioReporter, paired, timed
+from .conftest import RatioReporter, TRANSPORT_BUDGET, TRANSPORT_TARGET, WORK, paired, timed
 
 BATCH, NEW_TOKENS = 32, 64
 
@@ -81,5 +81,5 @@ def test_verl_transport_vs_bare_client(
         return anyio.run(our_batch, cluster, tokenizer, backend=backend)
 
     label = f"{backend}: ours vs bare LLMServerClient, tokens/s"
-    estimate = paired(benchmark, report_ratio, label, timed(ours), timed(bare))
+    estimate = paired(benchmark, report_ratio, label, timed(ours), timed(bare), target=TRANSPORT_TARGET, budget_seconds=TRANSPORT_BUDGET)
     assert all(s.work == BATCH * NEW_TOKENS for s in (*estimate.ours, *estimate.raw))

@@ -19,7 +19,7 @@ from agentfly_min import Request
 from agentfly_min.local import cpu_engine_config
 from agentfly_min.transports.vllm import VLLMEngine, vllm_generate
 
-from .conftest import RatioReporter, paired, timed
+from .conftest import RatioReporter, TRANSPORT_BUDGET, TRANSPORT_TARGET, paired, timed
 
 BATCH, NEW_TOKENS = 32, 64
 
@@ -81,5 +81,5 @@ def test_vllm_transport_vs_bare_engine(
             return engine.run_blocking(our_batch(engine))
         return anyio.run(our_batch, engine, backend=backend)  # trio: across the bridge
 
-    estimate = paired(benchmark, report_ratio, f"{backend}: ours vs the bare engine, tokens/s", timed(ours), timed(bare))
+    estimate = paired(benchmark, report_ratio, f"{backend}: ours vs the bare engine, tokens/s", timed(ours), timed(bare), target=TRANSPORT_TARGET, budget_seconds=TRANSPORT_BUDGET)
     assert all(s.work == BATCH * NEW_TOKENS for s in (*estimate.ours, *estimate.raw))

@@ -19,7 +19,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from agentfly_min import ClientConfig, Message, Request, open_backend
 from agentfly_min.local import VLLMServer, pinned, split_cpus
 
-from .conftest import WORK, RatioReporter, paired, timed
+from .conftest import RatioReporter, TRANSPORT_BUDGET, TRANSPORT_TARGET, WORK, paired, timed
 
 BATCH, NEW_TOKENS = 32, 64
 
@@ -82,5 +82,5 @@ def test_client_transport_vs_bare_client_on_vllm_server(
         return anyio.run(our_batch, server, backend=backend)
 
     with pinned(CLIENT_CPUS):
-        estimate = paired(benchmark, report_ratio, f"{backend}: ours vs bare AsyncOpenAI, tokens/s", timed(ours), timed(bare))
+        estimate = paired(benchmark, report_ratio, f"{backend}: ours vs bare AsyncOpenAI, tokens/s", timed(ours), timed(bare), target=TRANSPORT_TARGET, budget_seconds=TRANSPORT_BUDGET)
     assert all(s.work == BATCH * NEW_TOKENS for s in (*estimate.ours, *estimate.raw))
