@@ -120,6 +120,17 @@ def test_rounds_stop_when_the_budget_is_spent_and_say_so() -> None:
     assert "time budget spent after 10 rounds" in describe(estimate)
 
 
+def test_the_budget_does_not_end_a_row_before_min_rounds() -> None:
+    now = [0.0]
+
+    def side() -> Sample:
+        now[0] += 30.0  # long rounds: the budget is spent after the second
+        return Sample(work=100 + int(now[0]) % 7, seconds=1.0, cpu_seconds=0.1)
+
+    estimate = measure_pairs(side, side, target=0.0, budget_seconds=60, min_rounds=8, clock=lambda: now[0], warmup_rounds=0)
+    assert estimate.stopped == "budget" and estimate.rounds == 8
+
+
 def test_the_estimate_keeps_every_sample_for_recomputing() -> None:
     import msgspec
 

@@ -170,8 +170,9 @@ def measure_pairs(
 ) -> RatioEstimate:
     """Run paired rounds of ``ours`` and ``raw`` (each returns one
     :class:`Sample`), in a random order per round, until the interval's
-    half-width is within ``target`` of the ratio (after at least
-    ``min_rounds``), or ``budget_seconds`` have passed, or ``max_rounds``.
+    half-width is within ``target`` of the ratio, or ``budget_seconds``
+    have passed, or ``max_rounds``; never before ``min_rounds`` (so a row
+    with long rounds runs past its budget rather than end on a few).
     The first ``warmup_rounds`` are measured and kept apart, not counted."""
     import time
 
@@ -216,7 +217,9 @@ def measure_pairs(
         if len(mine) >= min_rounds and point > 0 and (high - low) / 2 / point <= target:
             stopped = "narrow"
             break
-        if now() - counted_from >= budget_seconds and len(mine) >= 2:
+        # min_rounds bounds this stop too: a row whose rounds are long (one
+        # chain in flight) must not end on an interval from two or three.
+        if now() - counted_from >= budget_seconds and len(mine) >= min_rounds:
             stopped = "budget"
             break
     return RatioEstimate(
