@@ -53,10 +53,10 @@ def _accepts(hint: object) -> _Accept | None:
         if any(b is None for b in branches):
             return None
         tests = typing.cast("list[_Accept]", branches)
-        if len(tests) == 2 and type(None) in typing.get_args(hint):
-            # ``X | None``, the common case: no generator for ``any``
-            some = tests[0] if typing.get_args(hint)[1] is type(None) else tests[1]
-            return lambda value: value is None or some(value)
+        # No generator for ``any``: this runs for every field of every record.
+        if len(tests) == 2:  # ``X | None``, the common case
+            first, second = tests
+            return lambda value: first(value) or second(value)
 
         def any_branch(value: object) -> bool:
             for test in tests:

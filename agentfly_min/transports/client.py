@@ -523,23 +523,24 @@ async def open_client(
     is used if it lists exactly one (looked up on entry; with several, a
     :class:`ConfigError` names them). ``middleware`` replaces the
     default stack (:func:`client_middleware`); pass ``compose()`` for the raw
-    call alone (over aiohttp it still holds each call to ``config.timeout``). ``http_client`` is an HTTP client of the installed SDK's
-    kind (``httpx.AsyncClient`` under openai 1.x and 2.x,
-    ``httpx2.AsyncClient`` under 3.x), for proxies, certificates or mTLS;
+    call alone (over aiohttp it still holds each call to ``config.timeout``).
+    ``http_client`` is an HTTP client of the installed SDK's kind
+    (``httpx.AsyncClient`` under openai 1.x and 2.x, ``httpx2.AsyncClient``
+    under 3.x), for proxies, certificates or mTLS;
     the SDK closes it on exit, as it closes its own.
 
     Plain calls go over aiohttp unless ``config.http_library`` says
     ``"openai"`` or the SDK is needed (Azure, an ``http_client``).
     """
-    if _use_aiohttp(config, http_client):
+    lean = _use_aiohttp(config, http_client)
+    # aiohttp holds each attempt to config.timeout itself (see _Wire)
+    stack = client_middleware(config, attempt_timeout=not lean) if middleware is None else middleware
+    if lean:
         from ._aiohttp import open_aiohttp_generate
 
-        # aiohttp holds each attempt to config.timeout itself (see _Wire)
-        stack = client_middleware(config, attempt_timeout=False) if middleware is None else middleware
         async with open_aiohttp_generate(config, model or config.model) as (raw, _):
             yield stack(raw)
         return
-    stack = client_middleware(config) if middleware is None else middleware
     client = _make_client(config, http_client)
     async with client:
         name = model or config.model
