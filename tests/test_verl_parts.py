@@ -4,8 +4,11 @@ verl client, and the conversion to verl's AgentLoopOutput. The real stack
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -266,3 +269,36 @@ async def test_a_full_context_ends_the_episode_with_context(bridge: Bridge) -> N
     async with open_verl(AsyncVerlConfig(), server, Tok()) as generate:
         trajectory = await run_agent(agent, generate, {"question": "q"})
     assert trajectory.finish_reason == "context" and trajectory.error is None
+
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_rays_sockets_fit_however_deep_the_checkout(tmp_path: Path, deep: bool) -> None:
+    """A clone a few dozen characters deep made ray.init refuse its
+    plasma_store socket (AF_UNIX paths stop at 107 bytes). Ray's own check
+    judges the longest socket path it would make: the work dir is kept
+    exactly when that path fits there."""
+    from ray._private.utils import validate_socket_filepath
+
+    from agentfly_min.local.verl_cluster import _ray_temp_dir
+
+    base = tmp_path / ("d" * 60) if deep else Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))
+    work = base / "work"
+    session = "session_2026-12-01_23-50-02_123456_4194304/sockets/plasma_store.99"
+    chosen, owned = _ray_temp_dir(work)
+    try:
+        validate_socket_filepath(str(chosen / session))  # raises OSError when too long
+        assert chosen.is_dir()
+        try:
+            validate_socket_filepath(str(work.resolve() / "ray" / session))
+            fits = True
+        except OSError:
+            fits = False
+        assert owned == (not fits)
+        assert owned == deep
+        assert (chosen == work.resolve() / "ray") == fits
+    finally:
+        if owned:
+            chosen.rmdir()
+        if not deep:
+            shutil.rmtree(base)

@@ -4,13 +4,17 @@ balancer, and verl's ``LLMServerClient`` in front of it.
 
 verl's ``vLLMReplica`` asks Ray for GPUs, so the server actor is made
 directly, with the settings that run on CPU. Everything listens on
-127.0.0.1; Ray's files go under ``work_dir``. Needs the ``verl`` and ``vllm``
+127.0.0.1; Ray's files go under ``work_dir`` (or, when that path is too long
+for Ray's Unix sockets, under a short directory in /tmp that is removed on
+close). Needs the ``verl`` and ``vllm``
 extras.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,23 @@ from ._shm import shm_entries, sweep_shm
 from .environment import Device, cpu_environment
 
 __all__ = ["VerlCluster"]
+
+# Ray's longest socket is <temp>/session_<date>_<pid>/sockets/plasma_store.<n>,
+# and an AF_UNIX path stops at 107 bytes (103 on macOS): a checkout a few
+# dozen characters deep is enough for ray.init to refuse to start.
+_RAY_SOCKET_TAIL = len("/session_2026-12-01_23-50-02_123456_4194304/sockets/plasma_store.99")
+_SOCKET_PATH_MAX = 103
+
+
+def _ray_temp_dir(work_dir: Path) -> tuple[Path, bool]:
+    """Where Ray keeps its session: ``work_dir/ray`` when its sockets fit
+    there, else a fresh short directory under /tmp (``True``: the caller
+    removes it). TMPDIR is no help, since it points into ``work_dir`` too."""
+    preferred = work_dir.resolve() / "ray"
+    if len(os.fsencode(preferred)) + _RAY_SOCKET_TAIL <= _SOCKET_PATH_MAX:
+        preferred.mkdir(parents=True, exist_ok=True)
+        return preferred, False
+    return Path(tempfile.mkdtemp(prefix="afm-ray-", dir="/tmp")), True
 
 
 def _recording_balancer() -> type:
@@ -81,18 +102,19 @@ class VerlCluster:
         self.client: Any = None
         self._managers: list[Any] = []
         self._shm_before: set[str] = set()
+        self._ray_dir: Path | None = None
 
     def __enter__(self) -> VerlCluster:
         import ray
 
         os.environ.update(cpu_environment(self._work_dir, offline=Path(self.model).exists()))
         self._shm_before = shm_entries()
-        ray_dir = self._work_dir / "ray"
-        ray_dir.mkdir(parents=True, exist_ok=True)
-        ray.init(
-            num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False
-        )
+        ray_dir, owned = _ray_temp_dir(self._work_dir)
+        self._ray_dir = ray_dir if owned else None
         try:
+            ray.init(
+                num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False
+            )
             self._start()
         except BaseException:
             self.close()
@@ -230,3 +252,8 @@ class VerlCluster:
         self.balancer = self.client = None
         ray.shutdown()
         sweep_shm(self._shm_before)
+        if self._ray_dir is not None:
+            # Ray's own logs and spilled objects, nothing of ours: a file a
+            # dying worker still holds open must not turn close into an error.
+            shutil.rmtree(self._ray_dir, ignore_errors=True)
+            self._ray_dir = None
