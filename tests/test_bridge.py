@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import time
 from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
 
-from agentfly_min.transports._bridge import AsyncioThread, wait_future
+from agentfly_min.transports._bridge import AsyncioThread, _Mailbox, wait_future
 
 pytestmark = pytest.mark.anyio
 
@@ -54,6 +55,113 @@ async def test_many_results_at_once_wake_the_caller_once_per_batch(thread: Async
         thread.call_blocking(gate.set)  # all 200 finish in one pass of the thread's loop
     assert results == {i: i * i for i in range(200)}
     assert 1 <= wakeups <= 10  # not 200
+
+
+def _count_wakeups(mailbox: _Mailbox) -> list[int]:
+    """Count the times ``mailbox`` wakes its loop (a socket write each)."""
+    schedule = mailbox._schedule
+    count = [0]
+
+    def counting(call: Callable[[], object]) -> object:
+        count[0] += 1
+        return schedule(call)
+
+    mailbox._schedule = counting
+    return count
+
+
+async def test_calls_made_in_one_pass_wake_the_thread_once_though_the_gil_is_let_go(thread: AsyncioThread) -> None:
+    """Between two calls a caller's task lets the GIL go (here a blocking
+    sleep, in a real loop tokenising or a C extension): the thread, on the
+    other core, woke and drained each call alone, 20 writes for 20 calls."""
+    engine_wakeups = _count_wakeups(thread._inbox)
+    results: dict[int, int] = {}
+
+    async def square(i: int) -> int:
+        return i * i
+
+    async def one(i: int) -> None:
+        time.sleep(0.002)
+        results[i] = await thread.run(square(i))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(one, i)
+    assert results == {i: i * i for i in range(20)}
+    assert engine_wakeups[0] <= 2
+
+
+async def test_results_of_one_engine_pass_wake_the_caller_once_though_the_gil_is_let_go(thread: AsyncioThread) -> None:
+    """The other direction: 20 coroutines finish in one pass of the thread's
+    loop, with work that lets the GIL go between their done-callbacks (there,
+    Ray's or vLLM's); the caller is woken once, not once per result."""
+    gate = thread.call_blocking(asyncio.Event)
+    caller_wakeups = _count_wakeups(thread._mailbox())
+    results: dict[int, int] = {}
+
+    async def after_gate(i: int) -> int:
+        await gate.wait()
+        asyncio.get_running_loop().call_soon(time.sleep, 0.002)  # runs just before this task's done-callback
+        return i * i
+
+    async def one(i: int) -> None:
+        results[i] = await thread.run(after_gate(i))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(one, i)
+        while thread.call_blocking(lambda: len(gate._waiters)) < 20:
+            await anyio.sleep(0.01)
+        before = caller_wakeups[0]
+        thread.call_blocking(gate.set)
+    assert results == {i: i * i for i in range(20)}
+    assert caller_wakeups[0] - before <= 2
+
+
+async def test_a_hop_the_stopping_thread_never_took_fails_rather_than_hangs(thread: AsyncioThread) -> None:
+    """The loop closed between the caller's check and the post of its call
+    (which waits for the end of the caller's pass): the call is refused."""
+    inbox = thread._inbox
+
+    def closed(call: Callable[[], object]) -> object:
+        raise RuntimeError("Event loop is closed")
+
+    inbox._schedule = closed
+    coroutine = asyncio.sleep(0)
+    with anyio.fail_after(5), pytest.raises(RuntimeError, match="stopped"):
+        await thread.run(coroutine)
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+
+
+async def test_a_stopped_thread_leaves_nothing_in_the_callers_loop(anyio_backend: str) -> None:
+    """On trio the outbox is an instrument called every scheduler pass; a
+    trio run that opens and closes many transports must not keep them all."""
+    thread = AsyncioThread("test-bridge-leaves")
+
+    async def one() -> int:
+        return 1
+
+    assert await thread.run(one()) == 1
+    outbox = thread._caller()[1]
+    calls = [0]
+    hook = outbox.before_io_wait
+
+    def counting(timeout: float) -> None:
+        calls[0] += 1
+        hook(timeout)
+
+    outbox.before_io_wait = counting  # type: ignore[method-assign]
+    await anyio.sleep(0.01)
+    if anyio_backend == "trio":
+        assert calls[0] >= 1  # registered: called as the loop goes idle
+    await anyio.to_thread.run_sync(thread.stop)
+    for _ in range(3):
+        await anyio.sleep(0.01)
+    settled = calls[0]
+    for _ in range(5):
+        await anyio.sleep(0.01)
+    assert calls[0] == settled  # no longer called
+    assert not outbox._calls
 
 
 async def test_cancelling_the_caller_cancels_the_coroutine_on_the_thread(thread: AsyncioThread) -> None:

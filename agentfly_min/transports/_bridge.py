@@ -11,12 +11,20 @@ Crossing threads costs a wake-up of the other loop, a socket write that is
 dear where system calls are (a sandbox, a VM): with 16 requests finishing in
 one engine step, that was 16 writes each way per step. Hand-offs are posted
 to a :class:`_Mailbox` instead, which wakes its loop once per batch.
+
+On two cores a mailbox alone batches little: the other thread wakes on the
+first post, drains it, and the next post wakes it again, each time taking
+the GIL from the thread that is still busy posting. So each side holds its
+posts back until its own loop is about to sleep: the engine thread's loop
+through its selector (:class:`_FlushingSelector`), a caller's loop through
+an :class:`_Outbox`. A pass of either loop then wakes the other at most once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import selectors
 import threading
 import typing
 import weakref
@@ -40,15 +48,22 @@ class _Mailbox:
         self._calls: list[Callable[[], object]] = []
 
     def post(self, call: Callable[[], object]) -> None:
+        self.post_all((call,))
+
+    def post_all(self, calls: typing.Iterable[Callable[[], object]]) -> bool:
+        """Post ``calls`` in order; False if the loop is gone (they are dropped)."""
         with self._lock:
-            self._calls.append(call)
-            if len(self._calls) > 1:
-                return  # a wake-up is already on its way
+            waiting = bool(self._calls)
+            self._calls.extend(calls)
+            if waiting or not self._calls:
+                return True  # a wake-up is already on its way (or nothing to do)
         try:
             self._schedule(self._drain)
         except RuntimeError:  # asyncio's closed loop; trio's RunFinishedError is one too
             with self._lock:
                 self._calls.clear()  # the loop is gone; nobody is waiting any more
+            return False
+        return True
 
     def _drain(self) -> None:
         with self._lock:
@@ -114,14 +129,22 @@ def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None
 class _Hop(Generic[T]):
     """One call across to the asyncio thread: ``start`` and ``cancel`` run
     there (posted to one inbox, so ``cancel`` always comes after ``start``),
-    the caller reads ``outcome`` once woken."""
+    the caller reads ``outcome`` once woken. The finished hop goes to
+    ``replies``, which the thread's loop sends back before it sleeps."""
 
-    __slots__ = ("_coroutine", "_error", "_mailbox", "_task", "_value", "_wake")
+    __slots__ = ("_coroutine", "_error", "_mailbox", "_replies", "_task", "_value", "_wake")
 
-    def __init__(self, coroutine: Coroutine[Any, Any, T], mailbox: _Mailbox, wake: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        coroutine: Coroutine[Any, Any, T],
+        mailbox: _Mailbox,
+        wake: Callable[[], object],
+        replies: list[_Hop[Any]],
+    ) -> None:
         self._coroutine = coroutine
         self._mailbox = mailbox
         self._wake = wake
+        self._replies = replies
         self._task: asyncio.Task[T] | None = None
         self._value: T | None = None
         self._error: BaseException | None = None
@@ -142,6 +165,13 @@ class _Hop(Generic[T]):
             self._error = task.exception()
             if self._error is None:
                 self._value = task.result()
+        self._replies.append(self)
+
+    def refused(self) -> None:
+        """The thread's loop was gone before ``start`` reached it: fail the
+        caller (from the caller's own thread) rather than leave it waiting."""
+        self._coroutine.close()
+        self._error = RuntimeError("this event loop thread has stopped")
         self._mailbox.post(self._wake)
 
     def outcome(self) -> T:
@@ -151,13 +181,110 @@ class _Hop(Generic[T]):
         return typing.cast(T, self._value)
 
 
+def _send_replies(replies: list[_Hop[Any]]) -> None:
+    """Wake the callers of the hops that finished, one post per caller loop."""
+    if not replies:
+        return
+    done = replies[:]
+    replies.clear()  # the same list object: the hops hold it
+    if len(done) == 1:
+        done[0]._mailbox.post(done[0]._wake)
+        return
+    by_loop: dict[_Mailbox, list[Callable[[], object]]] = {}
+    for hop in done:
+        by_loop.setdefault(hop._mailbox, []).append(hop._wake)
+    for mailbox, wakes in by_loop.items():
+        mailbox.post_all(wakes)
+
+
+class _FlushingSelector(selectors.DefaultSelector):
+    """The engine loop's selector: before the loop waits for I/O (the end of
+    each of its passes), the callers of every hop that finished in that pass
+    are woken, once per caller loop."""
+
+    def __init__(self, replies: list[_Hop[Any]]) -> None:
+        super().__init__()
+        self._replies = replies
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        _send_replies(self._replies)
+        return super().select(timeout)
+
+
+class _Outbox:
+    """One caller loop's hops to one engine thread, held back until that loop
+    has run what was ready and then posted together. On asyncio the first
+    hop of a pass queues :meth:`flush` behind the callbacks already ready; on
+    trio the outbox is an instrument whose ``before_io_wait`` (called once
+    per scheduler pass) flushes it, and which leaves once the thread has
+    stopped (a long trio run outlives many transports)."""
+
+    def __init__(
+        self,
+        inbox: _Mailbox,
+        *,
+        kick: Callable[[Callable[[], None]], object] | None = None,
+        stopped: Callable[[], bool] = lambda: False,
+        leave: Callable[[_Outbox], None] | None = None,
+    ) -> None:
+        self._inbox = inbox
+        self._kick = kick
+        self._stopped = stopped
+        self._leave = leave
+        self._starts: list[_Hop[Any]] = []
+        self._calls: list[Callable[[], object]] = []
+
+    def start(self, hop: _Hop[Any]) -> None:
+        if not self._calls and self._kick is not None:
+            self._kick(self.flush)
+        self._starts.append(hop)
+        self._calls.append(hop.start)
+
+    def cancel(self, hop: _Hop[Any]) -> None:
+        if not self._calls and self._kick is not None:
+            self._kick(self.flush)
+        self._calls.append(hop.cancel)  # after its start, in the same list
+
+    def flush(self) -> None:
+        calls, starts = self._calls, self._starts
+        self._calls, self._starts = [], []
+        if calls and not self._inbox.post_all(calls):
+            for hop in starts:
+                hop.refused()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._calls:
+            self.flush()
+        elif self._leave is not None and self._stopped():
+            self._leave(self)
+
+
+def _caller_outbox(loop: object, inbox: _Mailbox, stopped: Callable[[], bool]) -> _Outbox:
+    """An :class:`_Outbox` for the running loop (``loop`` as
+    :func:`_current_loop` gives it), on trio registered as an instrument."""
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return _Outbox(inbox, kick=loop.call_soon)
+    import trio
+
+    class TrioOutbox(_Outbox, trio.abc.Instrument):
+        pass
+
+    leave = typing.cast("Callable[[_Outbox], None]", trio.lowlevel.remove_instrument)
+    outbox = TrioOutbox(inbox, stopped=stopped, leave=leave)
+    trio.lowlevel.add_instrument(outbox)
+    return outbox
+
+
 class AsyncioThread:
     """An asyncio event loop running on its own daemon thread."""
 
     def __init__(self, name: str) -> None:
-        self._loop = asyncio.new_event_loop()
+        # Hops that finished, touched only on this thread (their done-callbacks
+        # and the selector run there).
+        self._replies: list[_Hop[Any]] = []
+        self._loop = asyncio.SelectorEventLoop(_FlushingSelector(self._replies))
         self._inbox = _Mailbox(self._loop.call_soon_threadsafe)
-        self._callers: weakref.WeakKeyDictionary[object, _Mailbox] = weakref.WeakKeyDictionary()
+        self._callers: weakref.WeakKeyDictionary[object, tuple[_Mailbox, _Outbox]] = weakref.WeakKeyDictionary()
         self._callers_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
@@ -172,6 +299,7 @@ class AsyncioThread:
                 task.cancel()
             self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            _send_replies(self._replies)  # the last pass's, which no select followed
             self._loop.close()
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
@@ -201,13 +329,18 @@ class AsyncioThread:
         self._inbox.post(start)
         return future
 
-    def _mailbox(self) -> _Mailbox:
+    def _caller(self) -> tuple[_Mailbox, _Outbox]:
+        """The running loop's mailbox, and its outbox to this thread."""
         key, schedule = _current_loop()
         with self._callers_lock:
-            mailbox = self._callers.get(key)
-            if mailbox is None:
-                mailbox = self._callers[key] = _Mailbox(schedule)
-        return mailbox
+            caller = self._callers.get(key)
+            if caller is None:
+                outbox = _caller_outbox(key, self._inbox, self._loop.is_closed)
+                caller = self._callers[key] = (_Mailbox(schedule), outbox)
+        return caller
+
+    def _mailbox(self) -> _Mailbox:
+        return self._caller()[0]
 
     def on_this_loop(self) -> bool:
         """Whether the caller runs on this thread's loop (no hop needed)."""
@@ -227,12 +360,13 @@ class AsyncioThread:
             coroutine.close()
             raise RuntimeError("this event loop thread has stopped")
         done = anyio.Event()
-        hop = _Hop(coroutine, self._mailbox(), done.set)
-        self._inbox.post(hop.start)
+        mailbox, outbox = self._caller()
+        hop = _Hop(coroutine, mailbox, done.set, self._replies)
+        outbox.start(hop)
         try:
             await done.wait()
         except anyio.get_cancelled_exc_class():
-            self._inbox.post(hop.cancel)
+            outbox.cancel(hop)
             raise
         return hop.outcome()
 
