@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..configs import AsyncVLLMConfig
+from ..local._shm import shm_entries, sweep_shm
 from .._text import one_line
 from ..errors import (
     ConfigError,
@@ -129,11 +130,13 @@ class VLLMEngine:
         tokenizer: Any,
         max_model_len: int,
         loop: asyncio.AbstractEventLoop | None = None,
+        shm_before: set[str] | None = None,
     ) -> None:
         if (thread is None) == (loop is None):
             raise ValueError("an engine runs either on its own thread or on a caller's loop")
         self._thread = thread
         self._loop = loop
+        self._shm_before = shm_before
         self.engine = engine
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
@@ -144,6 +147,7 @@ class VLLMEngine:
     def start(cls, config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> VLLMEngine:
         """Build the engine (tens of seconds on CPU). Bad arguments raise
         :class:`ConfigError` before anything starts."""
+        shm_before = shm_entries()
         thread = AsyncioThread("agentfly-vllm")
 
         async def build() -> Any:
@@ -160,20 +164,21 @@ class VLLMEngine:
             thread.call_blocking(engine.shutdown)
             thread.stop()
             raise
-        return cls(thread, engine, tokenizer, max_len)
+        return cls(thread, engine, tokenizer, max_len, shm_before=shm_before)
 
     @classmethod
     def start_for_loop(cls, config: AsyncVLLMConfig, model: str | os.PathLike[str], loop: asyncio.AbstractEventLoop) -> VLLMEngine:
         """Build an engine that will run on ``loop`` (blocking; call it from a
         worker thread, as :func:`open_vllm_engine` does). vLLM starts its
         tasks on the loop of the first call."""
+        shm_before = shm_entries()
         engine = _build(config, model)  # no loop runs here: vLLM defers its tasks
         try:
             tokenizer, max_len = _facts(config, engine)
         except BaseException:
             engine.shutdown()
             raise
-        return cls(None, engine, tokenizer, max_len, loop=loop)
+        return cls(None, engine, tokenizer, max_len, loop=loop, shm_before=shm_before)
 
     @property
     def own_thread(self) -> bool:
@@ -182,23 +187,30 @@ class VLLMEngine:
         return self._thread is not None
 
     def close(self) -> None:
-        """Shut the engine down (its engine-core process too) and stop the thread."""
+        """Shut the engine down (its engine-core process too), stop the
+        thread, and remove the engine's queues from /dev/shm if its
+        processes were killed before they could (vLLM kills an engine core
+        that has not exited 5 s after SIGTERM, which a loaded machine hits)."""
         if self.closed:
             return
         self.closed = True
-        if self._thread is None:  # vLLM cancels its tasks on the caller's loop thread-safely
-            try:
-                self.engine.shutdown(timeout=120)
-            finally:
-                self._forget()
-            return
         try:
-            self._thread.call_blocking(self.engine.shutdown, timeout=120)
+            if self._thread is None:  # vLLM cancels its tasks on the caller's loop thread-safely
+                try:
+                    self.engine.shutdown(timeout=120)
+                finally:
+                    self._forget()
+                return
+            try:
+                self._thread.call_blocking(self.engine.shutdown, timeout=120)
+            finally:
+                # Drop the engine on its own thread: AsyncLLM.__del__ shuts down
+                # again, which fails if it only runs at interpreter exit.
+                self._thread.call_blocking(self._forget)
+                self._thread.stop()
         finally:
-            # Drop the engine on its own thread: AsyncLLM.__del__ shuts down
-            # again, which fails if it only runs at interpreter exit.
-            self._thread.call_blocking(self._forget)
-            self._thread.stop()
+            if self._shm_before is not None:
+                sweep_shm(self._shm_before)
 
     def _forget(self) -> None:
         self.engine = None
