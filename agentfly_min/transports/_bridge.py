@@ -187,9 +187,6 @@ def _send_replies(replies: list[_Hop[Any]]) -> None:
         return
     done = replies[:]
     replies.clear()  # the same list object: the hops hold it
-    if len(done) == 1:
-        done[0]._mailbox.post(done[0]._wake)
-        return
     by_loop: dict[_Mailbox, list[Callable[[], object]]] = {}
     for hop in done:
         by_loop.setdefault(hop._mailbox, []).append(hop._wake)
@@ -234,16 +231,17 @@ class _Outbox:
         self._starts: list[_Hop[Any]] = []
         self._calls: list[Callable[[], object]] = []
 
-    def start(self, hop: _Hop[Any]) -> None:
+    def _add(self, call: Callable[[], object]) -> None:
         if not self._calls and self._kick is not None:
             self._kick(self.flush)
+        self._calls.append(call)
+
+    def start(self, hop: _Hop[Any]) -> None:
+        self._add(hop.start)
         self._starts.append(hop)
-        self._calls.append(hop.start)
 
     def cancel(self, hop: _Hop[Any]) -> None:
-        if not self._calls and self._kick is not None:
-            self._kick(self.flush)
-        self._calls.append(hop.cancel)  # after its start, in the same list
+        self._add(hop.cancel)  # after its start, in the same list
 
     def flush(self) -> None:
         calls, starts = self._calls, self._starts

@@ -200,14 +200,14 @@ class VLLMEngine:
                     self.engine.shutdown(timeout=120)
                 finally:
                     self._forget()
-                return
-            try:
-                self._thread.call_blocking(self.engine.shutdown, timeout=120)
-            finally:
-                # Drop the engine on its own thread: AsyncLLM.__del__ shuts down
-                # again, which fails if it only runs at interpreter exit.
-                self._thread.call_blocking(self._forget)
-                self._thread.stop()
+            else:
+                try:
+                    self._thread.call_blocking(self.engine.shutdown, timeout=120)
+                finally:
+                    # Drop the engine on its own thread: AsyncLLM.__del__ shuts
+                    # down again, which fails if it only runs at interpreter exit.
+                    self._thread.call_blocking(self._forget)
+                    self._thread.stop()
         finally:
             if self._shm_before is not None:
                 sweep_shm(self._shm_before)
