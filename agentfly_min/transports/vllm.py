@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..configs import AsyncVLLMConfig
-from ..local._shm import shm_entries, sweep_shm
+from ..local._shm import Process, descendants, shm_entries, sweep_shm
 from .._text import one_line
 from ..errors import (
     ConfigError,
@@ -131,12 +131,14 @@ class VLLMEngine:
         max_model_len: int,
         loop: asyncio.AbstractEventLoop | None = None,
         shm_before: set[str] | None = None,
+        procs_before: set[Process] | None = None,
     ) -> None:
         if (thread is None) == (loop is None):
             raise ValueError("an engine runs either on its own thread or on a caller's loop")
         self._thread = thread
         self._loop = loop
         self._shm_before = shm_before
+        self._procs_before = procs_before or set()
         self.engine = engine
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
@@ -147,7 +149,7 @@ class VLLMEngine:
     def start(cls, config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> VLLMEngine:
         """Build the engine (tens of seconds on CPU). Bad arguments raise
         :class:`ConfigError` before anything starts."""
-        shm_before = shm_entries()
+        shm_before, procs_before = shm_entries(), descendants()
         thread = AsyncioThread("agentfly-vllm")
 
         async def build() -> Any:
@@ -164,21 +166,21 @@ class VLLMEngine:
             thread.call_blocking(engine.shutdown)
             thread.stop()
             raise
-        return cls(thread, engine, tokenizer, max_len, shm_before=shm_before)
+        return cls(thread, engine, tokenizer, max_len, shm_before=shm_before, procs_before=procs_before)
 
     @classmethod
     def start_for_loop(cls, config: AsyncVLLMConfig, model: str | os.PathLike[str], loop: asyncio.AbstractEventLoop) -> VLLMEngine:
         """Build an engine that will run on ``loop`` (blocking; call it from a
         worker thread, as :func:`open_vllm_engine` does). vLLM starts its
         tasks on the loop of the first call."""
-        shm_before = shm_entries()
+        shm_before, procs_before = shm_entries(), descendants()
         engine = _build(config, model)  # no loop runs here: vLLM defers its tasks
         try:
             tokenizer, max_len = _facts(config, engine)
         except BaseException:
             engine.shutdown()
             raise
-        return cls(None, engine, tokenizer, max_len, loop=loop, shm_before=shm_before)
+        return cls(None, engine, tokenizer, max_len, loop=loop, shm_before=shm_before, procs_before=procs_before)
 
     @property
     def own_thread(self) -> bool:
@@ -194,6 +196,8 @@ class VLLMEngine:
         if self.closed:
             return
         self.closed = True
+        # Taken before the shutdown: an engine core that dies first orphans its workers, which then are no one's children.
+        dying = descendants() - self._procs_before
         try:
             if self._thread is None:  # vLLM cancels its tasks on the caller's loop thread-safely
                 try:
@@ -210,7 +214,7 @@ class VLLMEngine:
                     self._thread.stop()
         finally:
             if self._shm_before is not None:
-                sweep_shm(self._shm_before)
+                sweep_shm(self._shm_before, dying=dying)
 
     def _forget(self) -> None:
         self.engine = None
