@@ -1,8 +1,8 @@
 """The client transport against bare ``openai.AsyncOpenAI`` and against the
 server's own limit, on the same local server, in the same run.
 
-Each ratio comes from paired rounds (ours and the other, in an order drawn
-per round) with a 95% bootstrap interval. A round sends ``count`` chat
+Each ratio comes from paired rounds (ours and the other, in blocks of two rounds,
+one in each order) with a 95% bootstrap interval. A round sends ``count`` chat
 requests at ``in_flight`` at once; requests/s and this process's CPU per
 request are kept per round.
 

@@ -10,7 +10,7 @@ and the routing, not the model).
   from each server's ``/metrics`` and tokens/s, on the same servers.
 - Our client transport vs the bare SDK, the same token-id requests through
   the same router.
-Ratios are taken within one run: paired rounds in a random order, until
+Ratios are taken within one run: paired rounds in blocks of both orders, until
 the 95% interval is narrow or the budget is spent.
 """
 

@@ -88,8 +88,8 @@ def paired(
     min_rounds: int = 5,
     target: float = 0.05,
 ) -> RatioEstimate:
-    """Measure ``ours`` against ``raw`` in paired rounds (order drawn per
-    round, a warm-up round measured and set apart) until the ratio's 95%
+    """Measure ``ours`` against ``raw`` in paired rounds (blocks of two,
+    one in each order; a warm-up round measured and set apart) until the ratio's 95%
     interval is within ``target`` or the budget is spent; pytest-benchmark
     times the whole, and its JSON (``extra_info``) keeps the ratio, the
     interval and every sample."""

@@ -12,6 +12,7 @@ import pytest
 from agentfly_min import ConfigError
 from agentfly_min.bench.stats import (
     RatioEstimate,
+    approximate_half_width,
     Sample,
     _student_t_quantile,
     describe,
@@ -94,13 +95,78 @@ def test_rounds_stop_when_the_interval_is_narrow() -> None:
         return noisy(100, 0.02, rng)
 
     estimate = measure_pairs(ours, raw, target=0.05, min_rounds=5, budget_seconds=1e9, warmup_rounds=2)
-    assert estimate.stopped == "narrow" and estimate.rounds == 5
+    assert estimate.stopped == "narrow" and estimate.rounds == 6  # a block of two rounds is not cut in half
     assert estimate.half_width <= 0.05
     assert len(estimate.warmup_ours) == len(estimate.warmup_raw) == 2  # measured, kept apart
-    assert len(order) == 2 * (2 + 5)
-    firsts = [order[i] for i in range(0, len(order), 2)]
-    assert set(firsts) == {"ours", "raw"}  # the order is drawn per round
+    assert len(order) == 2 * (2 + 6)
     assert sum(s.first for s in estimate.ours) + sum(s.first for s in estimate.raw) == estimate.rounds
+    counted = [s.first for s in estimate.ours]
+    assert all(counted[i] != counted[i + 1] for i in range(0, len(counted), 2))  # one round in each order per block
+
+
+def test_the_order_within_blocks_is_drawn() -> None:
+    rng = random.Random(5)
+    estimate = measure_pairs(
+        lambda: noisy(100, 0.05, rng), lambda: noisy(100, 0.05, rng), min_rounds=40, max_rounds=40, target=0.0, warmup_rounds=0
+    )
+    leads = [estimate.ours[i].first for i in range(0, estimate.rounds, 2)]
+    assert 5 < sum(leads) < 15  # ours led about half of the 20 blocks, not all or none
+
+
+def _first_pays(penalty: float, rate_ours: float, rng: random.Random) -> tuple[list[Sample], list[Sample]]:
+    """Rounds where whichever side runs first is ``penalty`` slower, the
+    order drawn per round (as the bench drew it before blocks)."""
+    ours, raw = [], []
+    for _ in range(60):
+        ours_first = rng.random() < 0.5
+        a = noisy(rate_ours * (1 - penalty if ours_first else 1), 0.01, rng)
+        b = noisy(100 * (1 if ours_first else 1 - penalty), 0.01, rng)
+        ours.append(Sample(work=a.work, seconds=a.seconds, first=ours_first))
+        raw.append(Sample(work=b.work, seconds=b.seconds, first=not ours_first))
+    return ours, raw
+
+
+def test_a_penalty_for_running_first_does_not_widen_the_interval() -> None:
+    """Resampling within each order: the penalty cancels in the interval
+    instead of showing up as round-to-round noise."""
+    rng = random.Random(6)
+    ours, raw = _first_pays(0.08, 100, rng)
+    point, low, high = ratio_interval(ours, raw)
+    assert low < 1.0 < high
+    assert (high - low) / 2 < 0.02  # the 1% noise, not the 8% penalty
+    unordered = [Sample(work=s.work, seconds=s.seconds) for s in ours]  # the same rounds, order forgotten
+    _, low_all, high_all = ratio_interval(unordered, raw)
+    assert high_all - low_all > 2 * (high - low)
+
+
+def test_blocks_keep_a_penalty_for_running_first_out_of_the_ratio() -> None:
+    rng = random.Random(8)
+    clock = [0.0]
+
+    def side(rate: float) -> Sample:
+        fresh = not clock[0] % 2  # first in its round
+        clock[0] += 1
+        return noisy(rate * (0.9 if fresh else 1.0), 0.005, rng)
+
+    estimate = measure_pairs(lambda: side(100), lambda: side(100), min_rounds=30, max_rounds=30, target=0.0, warmup_rounds=0)
+    assert sum(s.first for s in estimate.ours) == 15  # as often first as raw
+    assert estimate.ratio == pytest.approx(1.0, abs=0.005)
+    assert estimate.verdict == "no measurable difference"
+
+
+def test_the_quick_width_between_rounds_agrees_with_the_bootstrap() -> None:
+    rng = random.Random(9)
+    for noise, rounds in [(0.02, 10), (0.1, 30), (0.3, 80)]:
+        ours = [msgspec_first(noisy(97, noise, rng), i % 2 == 0) for i in range(rounds)]
+        raw = [noisy(100, noise, rng) for _ in range(rounds)]
+        point, low, high = ratio_interval(ours, raw)
+        quick = approximate_half_width(ours, raw)
+        assert quick == pytest.approx((high - low) / 2 / point, rel=0.3)
+    assert approximate_half_width(ours[:3], raw[:3]) == math.inf  # an order with one round has no spread
+
+
+def msgspec_first(sample: Sample, first: bool) -> Sample:
+    return Sample(work=sample.work, seconds=sample.seconds, first=first)
 
 
 def test_rounds_stop_when_the_budget_is_spent_and_say_so() -> None:

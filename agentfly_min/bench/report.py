@@ -33,7 +33,7 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     counterpart measured in the same rounds on the same resources.
 
     ``ratio_to_raw`` is ours over raw in tokens/s, pooled over the counted
-    rounds, with its bootstrap interval (``ratio_low``, ``ratio_high``) and
+    rounds of each order (see ``stats``), with its bootstrap interval (``ratio_low``, ``ratio_high``) and
     ``verdict``; ``estimate`` keeps every round's samples (and the warm-up
     round's, which is not counted) so anyone can recompute. CPU is this
     process's (the client side: engines run in their own processes) per

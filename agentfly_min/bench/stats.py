@@ -1,11 +1,19 @@
 """Ratios a reader can trust: paired rounds, a bootstrap interval, and
 rounds added until the interval is narrow enough or the time is up.
 
-A round measures ours and the raw counterpart back to back, in an order
-drawn per round, so slow drift of the machine (thermal state, a neighbour's
-load) lands on both sides and the pairing keeps it out of the ratio. The
-interval resamples whole rounds (both sides of a round together), so it is
-as wide as the round-to-round noise really is.
+A round measures ours and the raw counterpart back to back, so slow drift
+of the machine (thermal state, a neighbour's load) lands on both sides and
+the pairing keeps it out of the ratio. Rounds come in blocks of two, one in
+each order, which comes first drawn per block. Whichever side runs first
+in a round can pay for it (in the vLLM suite on this host the first run of
+a round was up to 7% slower, the more so the more rounds there were, while
+the interval was computed between rounds), and an order drawn per round
+leads with one side more often than the other, which tilts the ratio. The
+ratio pools work and time over the rounds of each order and averages the
+two orders geometrically, so such a cost cancels however the leads fell;
+the interval resamples whole rounds (both sides of a round together)
+within each order, so it is as wide as the round-to-round noise really
+is, not as wide as the cost of leading.
 
 A plain percentile bootstrap over a handful of rounds is too narrow (over 5
 rounds its "95%" interval held the truth 85% of the time in a simulation
@@ -17,6 +25,12 @@ bootstrap's tails are read at the levels that turn a normal quantile into
 Student's t one with n-1 degrees of freedom, times sqrt(n / (n-1)).
 (T. Hesterberg, "What Teachers Should Know About the Bootstrap", The
 American Statistician 69(4), 2015.)
+
+Between rounds only a linear-time estimate of the interval's width (the
+delta method) is taken; the bootstrap, which costs thousands of passes
+over the rounds, runs when that estimate says narrow, and at the end. Run
+after every round, it kept the engine idle for a fifth of a second between
+rounds once there were a hundred of them.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ __all__ = [
     "Verdict",
     "Stopped",
     "ratio_interval",
+    "approximate_half_width",
     "expanded_tail",
     "verdict",
     "measure_pairs",
@@ -86,19 +101,37 @@ class RatioEstimate(msgspec.Struct, frozen=True, kw_only=True):
         return (self.high - self.low) / 2 / self.ratio if self.ratio > 0 else float("inf")
 
 
-def _pooled_ratio(ours: Sequence[Sample], raw: Sequence[Sample], picks: Sequence[int]) -> float:
-    # Rates pooled over the rounds (total work over total time), not a mean
-    # of per-round ratios, which a single short round could dominate.
-    ours_work = ours_seconds = raw_work = raw_seconds = 0.0
-    for i in picks:
-        a, b = ours[i], raw[i]
-        ours_work += a.work
-        ours_seconds += a.seconds
-        raw_work += b.work
-        raw_seconds += b.seconds
-    if ours_seconds <= 0 or raw_seconds <= 0 or raw_work <= 0:
-        return 0.0
-    return (ours_work / ours_seconds) / (raw_work / raw_seconds)
+class _Columns:
+    """The samples' work and seconds as flat lists, for sums over picks."""
+
+    def __init__(self, ours: Sequence[Sample], raw: Sequence[Sample]) -> None:
+        self.ours_work = [s.work for s in ours]
+        self.ours_seconds = [s.seconds for s in ours]
+        self.raw_work = [s.work for s in raw]
+        self.raw_seconds = [s.seconds for s in raw]
+        first = [i for i, s in enumerate(ours) if s.first]
+        second = [i for i, s in enumerate(ours) if not s.first]
+        # Rounds with ours first, and the others: resampled apart, each keeping its count.
+        self.strata = [group for group in (first, second) if group]
+
+    def pooled_ratio(self, picks: Sequence[int]) -> float:
+        # Rates pooled over the rounds (total work over total time), not a mean
+        # of per-round ratios, which a single short round could dominate.
+        ours_seconds = sum(map(self.ours_seconds.__getitem__, picks))
+        raw_seconds = sum(map(self.raw_seconds.__getitem__, picks))
+        raw_work = sum(map(self.raw_work.__getitem__, picks))
+        if ours_seconds <= 0 or raw_seconds <= 0 or raw_work <= 0:
+            return 0.0
+        return (sum(map(self.ours_work.__getitem__, picks)) / ours_seconds) / (raw_work / raw_seconds)
+
+    def ratio(self, picks: Sequence[Sequence[int]]) -> float:
+        """The ratio over ``picks``, one list of rounds per order: the
+        geometric mean of the orders' pooled ratios, so that a penalty for
+        running first cancels however unequally often each side led."""
+        product = 1.0
+        for group in picks:
+            product *= self.pooled_ratio(group)
+        return product ** (1 / len(picks)) if product > 0 else 0.0
 
 
 def _student_t_quantile(p: float, df: int) -> float:
@@ -129,20 +162,50 @@ def expanded_tail(rounds: int, confidence: float) -> float:
 def ratio_interval(
     ours: Sequence[Sample], raw: Sequence[Sample], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """The pooled ratio of ``ours`` over ``raw`` (paired by round) and its
-    expanded percentile bootstrap interval at ``confidence``."""
+    """The ratio of ``ours`` over ``raw`` (paired by round; work and time
+    pooled over the rounds of each order, ``Sample.first`` of ``ours``, and
+    the orders' ratios averaged geometrically) and its expanded percentile
+    bootstrap interval at ``confidence``, resampling rounds within each
+    order."""
     if len(ours) != len(raw) or not ours:
         raise ValueError("ours and raw need the same number of rounds, at least one")
     rounds = len(ours)
-    point = _pooled_ratio(ours, raw, range(rounds))
+    columns = _Columns(ours, raw)
+    strata = columns.strata
+    point = columns.ratio(strata)
     if rounds == 1:
         return point, 0.0, float("inf")
     rng = random.Random(seed)
-    draws = sorted(_pooled_ratio(ours, raw, [rng.randrange(rounds) for _ in range(rounds)]) for _ in range(resamples))
+    draws = sorted(columns.ratio([rng.choices(group, k=len(group)) for group in strata]) for _ in range(resamples))
     tail = expanded_tail(rounds, confidence)
     low = draws[math.floor(tail * (resamples - 1))]
     high = draws[math.ceil((1.0 - tail) * (resamples - 1))]
     return point, low, high
+
+
+def approximate_half_width(ours: Sequence[Sample], raw: Sequence[Sample], *, confidence: float = 0.95) -> float:
+    """The delta method's estimate of the interval's half-width over the
+    ratio, in one pass (``inf`` while an order has fewer than two rounds):
+    the log of an order's pooled ratio moves with each round's share of its
+    four sums, and the spread of those shares is what is summed here."""
+    columns = _Columns(ours, raw)
+    if len(ours) < 3 or any(len(group) < 2 for group in columns.strata):
+        return float("inf")
+    variance = 0.0
+    for group in columns.strata:
+        sums = [sum(c[i] for i in group) for c in (columns.ours_work, columns.ours_seconds, columns.raw_work, columns.raw_seconds)]
+        if min(sums) <= 0:
+            return float("inf")
+        ow, os_, rw, rs = sums
+        shares = [
+            columns.ours_work[i] / ow - columns.ours_seconds[i] / os_ - columns.raw_work[i] / rw + columns.raw_seconds[i] / rs
+            for i in group
+        ]
+        mean = sum(shares) / len(shares)
+        variance += sum((x - mean) ** 2 for x in shares) * len(shares) / (len(shares) - 1)
+    variance /= len(columns.strata) ** 2  # the orders' logs are averaged
+    t = _student_t_quantile(0.5 + confidence / 2, len(ours) - 1)
+    return math.expm1(t * math.sqrt(variance))
 
 
 def verdict(low: float, high: float) -> Verdict:
@@ -169,11 +232,13 @@ def measure_pairs(
     on_round: Callable[[int], None] | None = None,
 ) -> RatioEstimate:
     """Run paired rounds of ``ours`` and ``raw`` (each returns one
-    :class:`Sample`), in a random order per round, until the interval's
-    half-width is within ``target`` of the ratio, or ``budget_seconds``
-    have passed, or ``max_rounds``; never before ``min_rounds`` (so a row
-    with long rounds runs past its budget rather than end on a few).
-    The first ``warmup_rounds`` are measured and kept apart, not counted."""
+    :class:`Sample`), in blocks of two rounds, one in each order, until the
+    interval's half-width is within ``target`` of the ratio, or
+    ``budget_seconds`` have passed, or ``max_rounds``; never before
+    ``min_rounds`` (so a row with long rounds runs past its budget rather
+    than end on a few), and, but for ``max_rounds``, only at the end of a
+    block. The first ``warmup_rounds`` are measured and kept apart, not
+    counted."""
     import time
 
     require("measure_pairs.target", target, Annotated[float, Meta(ge=0.0, lt=1.0)])  # 0: until budget or max_rounds
@@ -189,8 +254,8 @@ def measure_pairs(
     mine: list[Sample] = []
     theirs: list[Sample] = []
 
-    def one_round() -> tuple[Sample, Sample]:
-        if rng.random() < 0.5:
+    def one_round(ours_first: bool) -> tuple[Sample, Sample]:
+        if ours_first:
             a = ours()
             b = raw()
             return msgspec.structs.replace(a, first=True), b
@@ -199,29 +264,33 @@ def measure_pairs(
         return a, msgspec.structs.replace(b, first=True)
 
     for _ in range(warmup_rounds):
-        a, b = one_round()
+        a, b = one_round(rng.random() < 0.5)
         warm_ours.append(a)
         warm_raw.append(b)
     # The budget covers the counted rounds: warm-up can be long (first kernels).
     counted_from = now()
     stopped: Stopped = "max rounds"
-    point, low, high = 0.0, 0.0, float("inf")
+    ours_first = False
     while len(mine) < max_rounds:
-        a, b = one_round()
+        ours_first = rng.random() < 0.5 if len(mine) % 2 == 0 else not ours_first
+        a, b = one_round(ours_first)
         mine.append(a)
         theirs.append(b)
         if on_round is not None:
             on_round(len(mine))
-        if len(mine) >= 2:
+        if len(mine) < min_rounds or len(mine) % 2:
+            continue
+        if approximate_half_width(mine, theirs, confidence=confidence) <= target:
             point, low, high = ratio_interval(mine, theirs, confidence=confidence, seed=seed)
-        if len(mine) >= min_rounds and point > 0 and (high - low) / 2 / point <= target:
-            stopped = "narrow"
-            break
+            if point > 0 and (high - low) / 2 / point <= target:
+                stopped = "narrow"
+                break
         # min_rounds bounds this stop too: a row whose rounds are long (one
         # chain in flight) must not end on an interval from two or three.
-        if now() - counted_from >= budget_seconds and len(mine) >= min_rounds:
+        if now() - counted_from >= budget_seconds:
             stopped = "budget"
             break
+    point, low, high = ratio_interval(mine, theirs, confidence=confidence, seed=seed) if len(mine) >= 2 else (0.0, 0.0, float("inf"))
     return RatioEstimate(
         ratio=point,
         low=low,
