@@ -41,8 +41,10 @@ def prompt(i: int) -> list[int]:
     return [1, 379, 201, 10 + i, 74, 75, 2, 201, 1, 570, 201]
 
 
-async def bare_batch(cluster: VerlCluster) -> int:
-    """What a verl agent loop writes by hand: the client, directly."""
+async def bare_batch(cluster: VerlCluster, tokenizer: Any) -> int:
+    """What a verl agent loop writes by hand: the client, directly, and the
+    answer's text decoded (verl's tool agent loop decodes it to find tool
+    calls; ours returns it in every ``Output``), as the bench's raw step does."""
 
     async def one(i: int) -> int:
         out = await cluster.client.generate(
@@ -50,6 +52,7 @@ async def bare_batch(cluster: VerlCluster) -> int:
             prompt_ids=prompt(i),
             sampling_params={"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": NEW_TOKENS, "logprobs": True, "ignore_eos": True},
         )
+        tokenizer.decode(out.token_ids, skip_special_tokens=True)
         return len(out.token_ids)
 
     return sum(await asyncio.gather(*(one(i) for i in range(BATCH))))
@@ -75,7 +78,7 @@ def test_verl_transport_vs_bare_client(
     benchmark: BenchmarkFixture, cluster: VerlCluster, tokenizer: Any, report_ratio: RatioReporter, backend: str
 ) -> None:
     def bare() -> int:
-        return asyncio.run(bare_batch(cluster))
+        return asyncio.run(bare_batch(cluster, tokenizer))
 
     def ours() -> int:
         return anyio.run(our_batch, cluster, tokenizer, backend=backend)
