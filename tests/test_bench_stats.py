@@ -7,6 +7,7 @@ import math
 import random
 from typing import Any
 
+import msgspec
 import pytest
 
 from agentfly_min import ConfigError
@@ -157,16 +158,13 @@ def test_blocks_keep_a_penalty_for_running_first_out_of_the_ratio() -> None:
 def test_the_quick_width_between_rounds_agrees_with_the_bootstrap() -> None:
     rng = random.Random(9)
     for noise, rounds in [(0.02, 10), (0.1, 30), (0.3, 80)]:
-        ours = [msgspec_first(noisy(97, noise, rng), i % 2 == 0) for i in range(rounds)]
+        ours = [msgspec.structs.replace(noisy(97, noise, rng), first=i % 2 == 0) for i in range(rounds)]
         raw = [noisy(100, noise, rng) for _ in range(rounds)]
         point, low, high = ratio_interval(ours, raw)
         quick = approximate_half_width(ours, raw)
         assert quick == pytest.approx((high - low) / 2 / point, rel=0.3)
     assert approximate_half_width(ours[:3], raw[:3]) == math.inf  # an order with one round has no spread
 
-
-def msgspec_first(sample: Sample, first: bool) -> Sample:
-    return Sample(work=sample.work, seconds=sample.seconds, first=first)
 
 
 def test_rounds_stop_when_the_budget_is_spent_and_say_so() -> None:
@@ -198,8 +196,6 @@ def test_the_budget_does_not_end_a_row_before_min_rounds() -> None:
 
 
 def test_the_estimate_keeps_every_sample_for_recomputing() -> None:
-    import msgspec
-
     rng = random.Random(4)
     estimate = measure_pairs(lambda: noisy(90, 0.05, rng), lambda: noisy(100, 0.05, rng), min_rounds=3, max_rounds=6, target=0.0)
     assert estimate.stopped == "max rounds" and estimate.verdict == "slower"

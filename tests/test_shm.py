@@ -14,11 +14,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from agentfly_min.local._shm import SHM, descendants, shm_entries
+from agentfly_min.local._shm import SHM, descendants, shm_entries, sweep_shm
 from agentfly_min.transports._bridge import AsyncioThread
 from agentfly_min.transports.vllm import VLLMEngine
 
@@ -45,11 +47,22 @@ def _segment() -> Path:
     return SHM / f"psm_{uuid.uuid4().hex[:8]}"
 
 
-def _wait_for(path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+@contextmanager
+def _owner(segment: Path, unlink_after: float) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process that owns ``segment`` (created before this yields)
+    and unlinks it after ``unlink_after`` seconds; killed and the segment
+    removed on the way out, whatever the test did."""
+    owner = subprocess.Popen([sys.executable, "-c", _EXITING_OWNER, str(segment), str(unlink_after)])
+    try:
+        deadline = time.monotonic() + 30
+        while not segment.exists():
+            assert time.monotonic() < deadline, f"{segment} never appeared"
+            time.sleep(0.02)
+        yield owner
+    finally:
+        owner.kill()
+        owner.wait()
+        segment.unlink(missing_ok=True)
 
 
 class _Shutdown:
@@ -66,17 +79,11 @@ class _Shutdown:
 def test_close_leaves_an_exiting_process_its_own_segment_to_unlink() -> None:
     segment = _segment()
     shm_before, procs_before = shm_entries(), descendants()
-    owner = subprocess.Popen([sys.executable, "-c", _EXITING_OWNER, str(segment), "1.0"])
-    try:
-        _wait_for(segment)
+    with _owner(segment, 1.0) as owner:
         engine = VLLMEngine(AsyncioThread("test-shm"), _Shutdown(), None, 64, shm_before=shm_before, procs_before=procs_before)
         engine.close()
         assert owner.wait(timeout=30) == 0, "close removed the segment before its owner could"
         assert not segment.exists()
-    finally:
-        owner.kill()
-        owner.wait()
-        segment.unlink(missing_ok=True)
 
 
 def test_close_removes_what_a_killed_process_left() -> None:
@@ -86,44 +93,32 @@ def test_close_removes_what_a_killed_process_left() -> None:
     older.write_bytes(bytes(64))  # another program's, from before the engine
     segment = _segment()
     shm_before, procs_before = shm_entries(), descendants()
-    owner = subprocess.Popen([sys.executable, "-c", _EXITING_OWNER, str(segment), "600"])
     try:
-        _wait_for(segment)
-        engine = VLLMEngine(
-            AsyncioThread("test-shm"), _Shutdown(lambda: owner.send_signal(signal.SIGKILL)), None, 64,
-            shm_before=shm_before, procs_before=procs_before,
-        )  # fmt: skip
-        started = time.monotonic()
-        engine.close()
-        assert owner.wait(timeout=30) == -signal.SIGKILL
-        assert not segment.exists()
-        assert older.exists()
-        assert time.monotonic() - started < 5, "close waited for a process that was gone"
+        with _owner(segment, 600) as owner:
+            engine = VLLMEngine(
+                AsyncioThread("test-shm"), _Shutdown(lambda: owner.send_signal(signal.SIGKILL)), None, 64,
+                shm_before=shm_before, procs_before=procs_before,
+            )  # fmt: skip
+            started = time.monotonic()
+            engine.close()
+            assert owner.wait(timeout=30) == -signal.SIGKILL
+            assert not segment.exists()
+            assert older.exists()
+            assert time.monotonic() - started < 5, "close waited for a process that was gone"
     finally:
-        owner.kill()
-        owner.wait()
-        for path in (older, segment):
-            path.unlink(missing_ok=True)
+        older.unlink(missing_ok=True)
 
 
 def test_close_removes_an_unmapped_segment_of_a_stuck_process_at_the_deadline() -> None:
-    from agentfly_min.local._shm import sweep_shm
-
     segment = _segment()
     shm_before, procs_before = shm_entries(), descendants()
-    owner = subprocess.Popen([sys.executable, "-c", _EXITING_OWNER, str(segment), "600"])
-    try:
-        _wait_for(segment)
+    with _owner(segment, 600) as owner:
         dying = descendants() - procs_before
         assert {pid for pid, _ in dying} == {owner.pid}
         started = time.monotonic()
         assert sweep_shm(shm_before, dying=dying, wait=0.5) == set()
         assert time.monotonic() - started >= 0.5, "it did not wait for the dying process"
         assert not segment.exists()
-    finally:
-        owner.kill()
-        owner.wait()
-        segment.unlink(missing_ok=True)
 
 
 def test_descendants_are_this_processes_children_but_not_its_resource_tracker() -> None:

@@ -270,6 +270,7 @@ def measure_pairs(
     # The budget covers the counted rounds: warm-up can be long (first kernels).
     counted_from = now()
     stopped: Stopped = "max rounds"
+    interval: tuple[float, float, float] | None = None  # the bootstrap, once taken for the stop
     ours_first = False
     while len(mine) < max_rounds:
         ours_first = rng.random() < 0.5 if len(mine) % 2 == 0 else not ours_first
@@ -284,13 +285,16 @@ def measure_pairs(
             point, low, high = ratio_interval(mine, theirs, confidence=confidence, seed=seed)
             if point > 0 and (high - low) / 2 / point <= target:
                 stopped = "narrow"
+                interval = point, low, high
                 break
         # min_rounds bounds this stop too: a row whose rounds are long (one
         # chain in flight) must not end on an interval from two or three.
         if now() - counted_from >= budget_seconds:
             stopped = "budget"
             break
-    point, low, high = ratio_interval(mine, theirs, confidence=confidence, seed=seed) if len(mine) >= 2 else (0.0, 0.0, float("inf"))
+    if interval is None:
+        interval = ratio_interval(mine, theirs, confidence=confidence, seed=seed) if len(mine) >= 2 else (0.0, 0.0, float("inf"))
+    point, low, high = interval
     return RatioEstimate(
         ratio=point,
         low=low,

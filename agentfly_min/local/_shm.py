@@ -118,10 +118,10 @@ def sweep_shm(before: set[str], *, dying: set[Process] | None = None, wait: floa
     map is removed anyway, since a leak outlives it."""
     deadline = time.monotonic() + wait
     while True:
-        new = shm_entries() - before
-        busy = new & _in_use()
         late = time.monotonic() >= deadline
         if late or not _alive(dying or set()):
+            new = shm_entries() - before
+            busy = new & _in_use()  # reads every process's maps: only once the dying are gone
             for name in new - busy:
                 try:
                     (SHM / name).unlink()
