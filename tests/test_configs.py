@@ -54,6 +54,11 @@ def test_seed_example_builds() -> None:
         (lambda: AsyncVLLMConfig(gpu_memory_utilization=1.01), "AsyncVLLMConfig.gpu_memory_utilization", "<= 1.0"),
         (lambda: AsyncVLLMConfig(dtype=cast(Any, "fp3")), "AsyncVLLMConfig.dtype", "Invalid enum value 'fp3'"),
         (lambda: AsyncVLLMConfig(engine_args={"seed": 1}), "AsyncVLLMConfig.engine_args", "seed is a named field"),
+        (
+            lambda: AsyncVLLMConfig(engine_args={"disable_log_stats": False}),
+            "AsyncVLLMConfig.engine_args",
+            "disable_log_stats (the named field log_stats) is a named field",
+        ),
         (lambda: AsyncVerlConfig(top_p=0), "AsyncVerlConfig.top_p", "> 0.0"),
         (lambda: AsyncVerlConfig(on_abort=cast(Any, "ignore")), "AsyncVerlConfig.on_abort", "Invalid enum value"),
         (lambda: AsyncVerlConfig(max_aborts=-1), "AsyncVerlConfig.max_aborts", ">= 0"),

@@ -223,6 +223,16 @@ def test_a_table_for_a_vllm_config_object_is_built_into_it(tiny_model_path: Path
         engine_args(wrong, tiny_model_path)
 
 
+def test_stat_logging_is_off_unless_asked_for(engine: VLLMEngine, tiny_model_path: Path) -> None:
+    from agentfly_min.transports.vllm import engine_args
+
+    # The running engine (built with the defaults) has no stat loggers on its loop.
+    assert engine.engine.log_stats is False
+    assert engine_args(ENGINE_CONFIG, tiny_model_path).disable_log_stats is True
+    on = msgspec.structs.replace(ENGINE_CONFIG, log_stats=True)
+    assert engine_args(on, tiny_model_path).disable_log_stats is False
+
+
 async def test_open_vllm_refuses_bad_input_without_leaving_anything(tmp_path: Path) -> None:
     before = engine_children()
     with pytest.raises(ConfigError):

@@ -90,6 +90,7 @@ def engine_args(config: AsyncVLLMConfig, model: str | os.PathLike[str]) -> Any:
         "enforce_eager": config.enforce_eager,
         "seed": config.seed,
         "trust_remote_code": config.trust_remote_code,
+        "disable_log_stats": not config.log_stats,
     }
     optional = {
         "max_model_len": config.max_model_len,
