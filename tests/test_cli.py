@@ -141,7 +141,11 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     assert sorted((r.transport, r.concurrency) for r in report.results) == [
         (t, c) for t in ("client", "verl", "vllm") for c in (1, 4)
     ]
-    assert report.schema_version == 2 and report.seconds > 0
+    assert report.schema_version == 3 and report.seconds > 0
+    # The host was timed before the first engine and after the last.
+    assert report.host_before is not None and report.host_after is not None
+    assert len(report.host_before.seconds) == len(report.host_after.seconds) == 15
+    assert "Host: a fixed Python loop varied by" in result.stdout
     for r in report.results:
         assert r.tokens == 2 * (2 * 2 * 2 * 8) and r.errors == 0  # two counted rounds (the warm-up is kept apart)
         assert r.tokens_per_s > 0 and r.raw_tokens_per_s > 0 and r.ratio_to_raw > 0

@@ -1,8 +1,22 @@
 """``agentfly-min bench``: one agent workload through every transport and
 its raw counterpart; a table, a JSON report and a chart."""
 
-from .report import BenchReport, Environment, RunResult, render_chart, render_markdown, render_table
+from .host import HostSteadiness, probe_host
+from .report import BenchReport, Environment, RunResult, host_line, render_chart, render_markdown, render_table
 from .runner import BenchOptions, run_bench
 from .workload import Workload
 
-__all__ = ["BenchOptions", "BenchReport", "Environment", "RunResult", "Workload", "run_bench", "render_chart", "render_markdown", "render_table"]
+__all__ = [
+    "BenchOptions",
+    "BenchReport",
+    "Environment",
+    "HostSteadiness",
+    "RunResult",
+    "Workload",
+    "host_line",
+    "probe_host",
+    "run_bench",
+    "render_chart",
+    "render_markdown",
+    "render_table",
+]

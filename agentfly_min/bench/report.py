@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .host import HostSteadiness
 from .stats import RatioEstimate, Verdict
 from .workload import Workload
 
@@ -23,6 +24,7 @@ __all__ = [
     "render_markdown",
     "render_suites_markdown",
     "render_chart",
+    "host_line",
 ]
 
 TransportName = Literal["vllm", "client", "verl", "fleet"]
@@ -75,9 +77,12 @@ class BenchReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     Each row ran paired rounds until its ratio's interval was within
     ``target`` (as a fraction of the ratio), or ``budget_seconds`` were
-    spent, or ``max_rounds``; ``seconds`` is the whole run's wall time."""
+    spent, or ``max_rounds``; ``seconds`` is the whole run's wall time.
+    ``host_before`` and ``host_after`` time a fixed piece of work before the
+    first engine starts and after the last is shut down (see ``host``): the
+    host's own jitter, which no arrangement of rounds removes."""
 
-    schema_version: int = 2
+    schema_version: int = 3
     started_at: str
     model: str
     random_weights: bool
@@ -94,6 +99,23 @@ class BenchReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     results: list[RunResult]
     failures: dict[str, str] = msgspec.field(default_factory=dict)
     interrupted: bool = False
+    host_before: HostSteadiness | None = None
+    host_after: HostSteadiness | None = None
+
+
+def host_line(report: BenchReport) -> str | None:
+    """One sentence on the host's steadiness, or None if it was not probed."""
+    probes = [(when, probe) for when, probe in (("before", report.host_before), ("after", report.host_after)) if probe is not None]
+    if not probes:
+        return None
+    spreads = " and ".join(f"{probe.spread:.0%} {when}" for when, probe in probes)
+    unsteady = any(not probe.steady for _, probe in probes)
+    verdict = (
+        "an unsteady host: its own jitter widens every interval, and rows run to their budget"
+        if unsteady
+        else "a steady host"
+    )
+    return f"Host: a fixed Python loop varied by {spreads} the run ({verdict})."
 
 
 def _cpu() -> str:
@@ -192,6 +214,9 @@ def render_markdown(report: BenchReport) -> str:
         )
     for name, reason in report.failures.items():
         lines.append(f"\n{name} did not run: {reason}")
+    host = host_line(report)
+    if host is not None:
+        lines.append(f"\n{host}")
     return "\n".join(lines) + "\n"
 
 

@@ -24,6 +24,7 @@ from ..transports.client import open_client
 from ..transports.verl import open_verl
 from ..transports.vllm import VLLMEngine, vllm_generate
 from .raw import openai_raw_step, openai_token_raw_step, verl_raw_step, vllm_raw_step
+from .host import HostSteadiness, probe_host
 from .report import BenchReport, RunResult, TransportName, environment
 from .stats import RatioEstimate, Sample, measure_pairs
 from .workload import RunStats, Workload, generate_step, run_workload
@@ -267,6 +268,8 @@ def run_bench(
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     clock_started = time.monotonic()
     env = environment()
+    host_before = probe_host()  # before any engine: the host's own jitter
+    host_after: HostSteadiness | None = None
 
     def report() -> BenchReport:
         return BenchReport(
@@ -285,6 +288,8 @@ def run_bench(
             environment=env,
             results=list(results),
             failures=dict(failures),
+            host_before=host_before,
+            host_after=host_after,
         )
 
     chains = options.workload.tasks * options.workload.chains
@@ -349,3 +354,5 @@ def run_bench(
             # A transport that cannot start here (say, no verl) does not stop the others.
             failures[name] = f"{type(exc).__name__}: {exc}"
             on_result(report())
+    host_after = probe_host()  # every engine is shut down by now
+    on_result(report())
