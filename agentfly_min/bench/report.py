@@ -111,7 +111,7 @@ def host_line(report: BenchReport) -> str | None:
     spreads = " and ".join(f"{probe.spread:.0%} {when}" for when, probe in probes)
     unsteady = any(not probe.steady for _, probe in probes)
     verdict = (
-        "an unsteady host: its own jitter widens every interval, and rows run to their budget"
+        "an unsteady host: its own jitter widens every interval"
         if unsteady
         else "a steady host"
     )
