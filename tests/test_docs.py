@@ -1,0 +1,39 @@
+"""The README's benchmark tables are what the committed reports render to:
+regenerated from ``docs/bench``, never typed in (or left behind when a
+report is re-run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from agentfly_min.bench import BenchReport, render_markdown
+from agentfly_min.bench.report import render_suites_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+BENCH = ROOT / "docs" / "bench"
+
+
+def _rows(markdown: str) -> str:
+    """From the table's header row on: the date line of a suite's table is
+    given in the README's prose instead."""
+    return markdown[markdown.index("| ") :].strip()
+
+
+_REPORTS = sorted(BENCH.rglob("bench.json")) + sorted((BENCH / "unsteady-host").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", _REPORTS, ids=lambda p: str(p.relative_to(BENCH)))
+def test_every_bench_report_is_in_the_readme_as_rendered(path: Path) -> None:
+    report = msgspec.json.decode(path.read_bytes(), type=BenchReport)
+    assert render_markdown(report).strip() in README
+
+
+@pytest.mark.parametrize("path", sorted(BENCH.glob("pytest-*.json")), ids=lambda p: p.name)
+def test_every_suite_table_is_in_the_readme_as_rendered(path: Path) -> None:
+    table = _rows(render_suites_markdown(path.read_bytes()))
+    assert table.count("\n") >= 2  # a header, its rule and at least one row
+    assert table in README
