@@ -153,7 +153,7 @@ def bench(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .bench import BenchOptions, BenchReport, Workload, host_line, render_chart, render_table, run_bench
+    from .bench import BenchOptions, BenchReport, Workload, host_line, host_steady, render_chart, render_table, run_bench
     from .testing import tiny_model
 
     console = Console(stderr=True)
@@ -243,8 +243,7 @@ def bench(args: argparse.Namespace) -> int:
     screen.print(render_table(report))
     host = host_line(report)
     if host is not None:
-        unsteady = any(probe is not None and not probe.steady for probe in (report.host_before, report.host_after))
-        screen.print(f"[yellow]{host}" if unsteady else host)
+        screen.print(host if host_steady(report) else f"[yellow]{host}")
     for name, reason in failures.items():
         console.print(f"[red]{name} did not run: {reason}")
     if interrupted:

@@ -2,7 +2,7 @@
 its raw counterpart; a table, a JSON report and a chart."""
 
 from .host import HostSteadiness, probe_host
-from .report import BenchReport, Environment, RunResult, host_line, render_chart, render_markdown, render_table
+from .report import BenchReport, Environment, RunResult, host_line, host_steady, render_chart, render_markdown, render_table
 from .runner import BenchOptions, run_bench
 from .workload import Workload
 
@@ -14,6 +14,7 @@ __all__ = [
     "RunResult",
     "Workload",
     "host_line",
+    "host_steady",
     "probe_host",
     "run_bench",
     "render_chart",

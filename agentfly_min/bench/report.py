@@ -25,6 +25,7 @@ __all__ = [
     "render_suites_markdown",
     "render_chart",
     "host_line",
+    "host_steady",
 ]
 
 TransportName = Literal["vllm", "client", "verl", "fleet"]
@@ -103,18 +104,23 @@ class BenchReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     host_after: HostSteadiness | None = None
 
 
+def _host_probes(report: BenchReport) -> list[tuple[str, HostSteadiness]]:
+    taken = (("before", report.host_before), ("after", report.host_after))
+    return [(when, probe) for when, probe in taken if probe is not None]
+
+
+def host_steady(report: BenchReport) -> bool:
+    """Whether every host probe of ``report`` was steady (True if none was taken)."""
+    return all(probe.steady for _, probe in _host_probes(report))
+
+
 def host_line(report: BenchReport) -> str | None:
     """One sentence on the host's steadiness, or None if it was not probed."""
-    probes = [(when, probe) for when, probe in (("before", report.host_before), ("after", report.host_after)) if probe is not None]
+    probes = _host_probes(report)
     if not probes:
         return None
     spreads = " and ".join(f"{probe.spread:.0%} {when}" for when, probe in probes)
-    unsteady = any(not probe.steady for _, probe in probes)
-    verdict = (
-        "an unsteady host: its own jitter widens every interval"
-        if unsteady
-        else "a steady host"
-    )
+    verdict = "a steady host" if host_steady(report) else "an unsteady host: its own jitter widens every interval"
     return f"Host: a fixed Python loop varied by {spreads} the run ({verdict})."
 
 

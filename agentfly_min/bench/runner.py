@@ -23,8 +23,8 @@ from ..errors import ConfigError
 from ..transports.client import open_client
 from ..transports.verl import open_verl
 from ..transports.vllm import VLLMEngine, vllm_generate
-from .raw import openai_raw_step, openai_token_raw_step, verl_raw_step, vllm_raw_step
 from .host import HostSteadiness, probe_host
+from .raw import openai_raw_step, openai_token_raw_step, verl_raw_step, vllm_raw_step
 from .report import BenchReport, RunResult, TransportName, environment
 from .stats import RatioEstimate, Sample, measure_pairs
 from .workload import RunStats, Workload, generate_step, run_workload
