@@ -121,7 +121,12 @@ def host_line(report: BenchReport) -> str | None:
         return None
     spreads = " and ".join(f"{probe.spread:.0%} {when}" for when, probe in probes)
     verdict = "a steady host" if host_steady(report) else "an unsteady host: its own jitter widens every interval"
-    return f"Host: a fixed Python loop varied by {spreads} the run ({verdict})."
+    stalls = "".join(
+        f"; {when}, {probe.stalls} of {len(probe.seconds)} repetitions stalled, the worst at {probe.worst:.1f}x the median"
+        for when, probe in probes
+        if probe.stalls
+    )
+    return f"Host: a fixed Python loop varied by {spreads} the run ({verdict}{stalls})."
 
 
 def _cpu() -> str:
