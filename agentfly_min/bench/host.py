@@ -20,7 +20,7 @@ import msgspec
 __all__ = ["HostSteadiness", "probe_host", "UNSTEADY", "STALL"]
 
 UNSTEADY = 0.05
-"""A spread above this (5% coefficient of variation) is called unsteady:
+"""A spread above this (5%, read as a coefficient of variation) is called unsteady:
 on such a host a ±2% target takes far more rounds than a budget allows."""
 
 STALL = 1.5
