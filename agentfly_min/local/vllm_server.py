@@ -63,15 +63,13 @@ class VLLMServer:
         self.model = str(model)
         self.port = free_port()
         self._work_dir = work_dir
-        # On a CPU: bfloat16, no graph capture, a fixed KV cache, the model
-        # in the engine process (as cpu_engine_config: a separate worker
-        # leaves the engine process spinning on its queue, a core's worth).
-        # On a GPU vLLM's defaults fit better than anything chosen here.
+        # On a CPU: bfloat16, no graph capture, a fixed KV cache (the model
+        # runs in a worker process of its own, as cpu_engine_config says
+        # why). On a GPU vLLM's defaults fit better than anything chosen here.
         cpu_only = [
             "--dtype", "bfloat16",
             "--enforce-eager",
             "--kv-cache-memory-bytes", str(kv_cache_bytes),
-            "--distributed-executor-backend", "uni",
         ]  # fmt: skip
         self._args = [
             "--model", self.model,
