@@ -15,6 +15,7 @@ import pytest
 
 from agentfly_min import (
     AsyncVerlConfig,
+    ConfigError,
     ContextLengthError,
     Generate,
     Message,
@@ -158,6 +159,26 @@ async def test_a_length_stop_before_max_tokens_is_length(bridge: Bridge) -> None
     server = ScriptedVerl([Answer([5, 6, 7], "length")])
     (output,) = (await scripted(AsyncVerlConfig(), server, bridge)(REQUEST)).outputs
     assert output.finish_reason == "length" and len(output.token_ids or ()) < 8
+
+
+async def test_the_prompt_is_the_requests_own_or_the_rendered_one_checked(bridge: Bridge) -> None:
+    """A request's prompt ids were checked when it was built: the completion
+    carries that tuple, not a copy checked again on every turn. Ids rendered
+    from messages are the tokenizer's, and a record checks those."""
+    server = ScriptedVerl([Answer([5]), Answer([5]), Answer([5])])
+    generate = scripted(AsyncVerlConfig(), server, bridge)
+    completion = await generate(REQUEST)
+    assert completion.prompt_ids is REQUEST.prompt_ids
+    rendered = await generate(Request(messages=(Message(role="user", content="hi"),)))
+    assert rendered.prompt_ids == (1, 2, 3) and rendered.usage.prompt_tokens == 3
+
+    class BadTok(Tok):
+        def apply_chat_template(self, conversation: Any, /, **kwargs: Any) -> Any:
+            return [1, "2"]
+
+    bad = verl_generate(AsyncVerlConfig(), server, BadTok(), asyncio_thread=bridge)
+    with pytest.raises(ConfigError, match="Completion.prompt_ids"):
+        await bad(Request(messages=(Message(role="user", content="hi"),)))
 
 
 def _ray_task_error(cause: Exception) -> Exception:

@@ -81,9 +81,11 @@ async def test_single_request_from_messages(generate: Generate, engine: VLLMEngi
 
 async def test_prompt_ids_and_logprobs(generate: Generate) -> None:
     prompt = (1, 379, 201, 74, 75, 2, 201, 1, 570, 201)
-    completion = await generate(Request(prompt_ids=prompt, max_new_tokens=8, logprobs=True, ignore_eos=True, seed=3))
+    request = Request(prompt_ids=prompt, max_new_tokens=8, logprobs=True, ignore_eos=True, seed=3)
+    completion = await generate(request)
     (output,) = completion.outputs
     assert completion.prompt_ids == prompt
+    assert completion.prompt_ids is request.prompt_ids  # checked once, when the request was built
     assert output.logprobs is not None and output.token_ids is not None
     assert len(output.logprobs) == len(output.token_ids) == 8
     assert all(lp <= 0.0 for lp in output.logprobs)

@@ -15,10 +15,10 @@ from typing import Any
 import msgspec
 
 from ..errors import PermanentError
-from ..records import Message, Request
+from ..records import Completion, Message, Request
 from ..templates.qwen25 import arguments_value
 
-__all__ = ["prompt_ids", "template_messages", "refuse_images"]
+__all__ = ["prompt_ids", "template_messages", "refuse_images", "completion_prompt", "with_request_prompt"]
 
 # Why token-level paths refuse images: the prompt would need the model's
 # processor to expand each image into its placeholder tokens, which the CPU
@@ -76,3 +76,21 @@ def prompt_ids(tokenizer: Any, request: Request) -> list[int]:
     if isinstance(ids, Mapping):  # transformers 5 returns a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
+
+
+def completion_prompt(request: Request, prompt: list[int]) -> tuple[int, ...] | None:
+    """What to build a :class:`Completion` with as its ``prompt_ids``: the
+    rendered ``prompt``, or None when the request carried its own (see
+    :func:`with_request_prompt`)."""
+    return None if request.prompt_ids is not None else tuple(prompt)
+
+
+def with_request_prompt(completion: Completion, request: Request) -> Completion:
+    """``completion`` with the request's own ``prompt_ids`` when it carried
+    them: the same tuple, which was checked when the request was built, so a
+    growing context is not copied and checked again on every turn. Call it
+    on a completion built with :func:`completion_prompt`, before it is
+    handed on."""
+    if request.prompt_ids is not None:
+        msgspec.structs.force_setattr(completion, "prompt_ids", request.prompt_ids)
+    return completion

@@ -27,7 +27,7 @@ from .._text import one_line
 from ..errors import ContextLengthError, PermanentError, TransientError, TransportClosedError
 from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread, on_asyncio
-from ._chat import prompt_ids
+from ._chat import completion_prompt, prompt_ids, with_request_prompt
 from ._sampling import vllm_options
 
 __all__ = ["VerlServer", "VerlTokenOutput", "VerlTokenizer", "open_verl", "verl_generate"]
@@ -208,26 +208,28 @@ def verl_generate(
         prompt = prompt_ids(tokenizer, request)
         max_tokens = request.max_new_tokens if request.max_new_tokens is not None else config.max_new_tokens
         request_id = request.request_id or f"agentfly-{id(request):x}"
-        results: list[Output | None] = [None] * request.n
-
-        async def one(index: int) -> None:
-            results[index] = await sample(request, request_id, prompt, max_tokens)
-
+        outputs: tuple[Output, ...]
         if request.n == 1:
-            await one(0)
+            outputs = (await sample(request, request_id, prompt, max_tokens),)
         else:
+            results: list[Output | None] = [None] * request.n
+
+            async def one(index: int) -> None:
+                results[index] = await sample(request, request_id, prompt, max_tokens)
+
             async with anyio.create_task_group() as tg:
                 for index in range(request.n):
                     tg.start_soon(one, index)
-        outputs = tuple(r for r in results if r is not None)
-        assert len(outputs) == request.n  # every sample stored its result or the group raised
+            outputs = tuple(r for r in results if r is not None)
+            assert len(outputs) == request.n  # every sample stored its result or the group raised
         versions = [v for o in outputs for v in (o.weight_versions or ())]
-        return Completion(
+        completion = Completion(
             outputs=outputs,
             usage=Usage(prompt_tokens=len(prompt), completion_tokens=sum(len(o.token_ids or ()) for o in outputs)),
-            prompt_ids=tuple(prompt),
+            prompt_ids=completion_prompt(request, prompt),
             weight_version=max(versions) if versions else None,
         )
+        return with_request_prompt(completion, request)
 
     return generate
 

@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..records import Completion, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread, on_asyncio
-from ._chat import prompt_ids
+from ._chat import completion_prompt, prompt_ids, with_request_prompt
 from ._finish import finish_reason
 from ._sampling import vllm_options
 from ..stream import Chunk, Stream, StreamMiddleware
@@ -385,15 +385,16 @@ def vllm_generate(engine: VLLMEngine) -> Generate:
         if final is None:
             raise MalformedResponseError("vLLM returned no output")
         outputs = tuple(_output(choice, request.logprobs) for choice in final.outputs)
-        return Completion(
+        completion = Completion(
             outputs=outputs,
             usage=Usage(
                 prompt_tokens=len(prompt),
                 completion_tokens=sum(len(o.token_ids or ()) for o in outputs),
                 cached_tokens=getattr(final, "num_cached_tokens", None) or 0,  # prefix-cache hits
             ),
-            prompt_ids=tuple(prompt),
+            prompt_ids=completion_prompt(request, prompt),
         )
+        return with_request_prompt(completion, request)
 
     return generate
 
