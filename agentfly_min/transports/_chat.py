@@ -18,7 +18,7 @@ from ..errors import PermanentError
 from ..records import Completion, Message, Request
 from ..templates.qwen25 import arguments_value
 
-__all__ = ["prompt_ids", "template_messages", "refuse_images", "completion_prompt", "with_request_prompt"]
+__all__ = ["prompt_ids", "template_messages", "refuse_images", "with_prompt"]
 
 # Why token-level paths refuse images: the prompt would need the model's
 # processor to expand each image into its placeholder tokens, which the CPU
@@ -78,19 +78,13 @@ def prompt_ids(tokenizer: Any, request: Request) -> list[int]:
     return list(ids)
 
 
-def completion_prompt(request: Request, prompt: list[int]) -> tuple[int, ...] | None:
-    """What to build a :class:`Completion` with as its ``prompt_ids``: the
-    rendered ``prompt``, or None when the request carried its own (see
-    :func:`with_request_prompt`)."""
-    return None if request.prompt_ids is not None else tuple(prompt)
-
-
-def with_request_prompt(completion: Completion, request: Request) -> Completion:
-    """``completion`` with the request's own ``prompt_ids`` when it carried
-    them: the same tuple, which was checked when the request was built, so a
-    growing context is not copied and checked again on every turn. Call it
-    on a completion built with :func:`completion_prompt`, before it is
-    handed on."""
+def with_prompt(completion: Completion, request: Request, prompt: list[int]) -> Completion:
+    """``completion`` (built without ``prompt_ids``, not yet handed on) with
+    the prompt's ids: the request's own tuple when it carried them, which was
+    checked when the request was built, so a growing context is not copied
+    and checked again on every turn; else the ``prompt`` rendered from its
+    messages, which the record checks (it is the tokenizer's output)."""
     if request.prompt_ids is not None:
         msgspec.structs.force_setattr(completion, "prompt_ids", request.prompt_ids)
-    return completion
+        return completion
+    return msgspec.structs.replace(completion, prompt_ids=tuple(prompt))

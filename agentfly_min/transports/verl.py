@@ -27,7 +27,7 @@ from .._text import one_line
 from ..errors import ContextLengthError, PermanentError, TransientError, TransportClosedError
 from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread, on_asyncio
-from ._chat import completion_prompt, prompt_ids, with_request_prompt
+from ._chat import prompt_ids, with_prompt
 from ._sampling import vllm_options
 
 __all__ = ["VerlServer", "VerlTokenOutput", "VerlTokenizer", "open_verl", "verl_generate"]
@@ -226,10 +226,9 @@ def verl_generate(
         completion = Completion(
             outputs=outputs,
             usage=Usage(prompt_tokens=len(prompt), completion_tokens=sum(len(o.token_ids or ()) for o in outputs)),
-            prompt_ids=completion_prompt(request, prompt),
             weight_version=max(versions) if versions else None,
         )
-        return with_request_prompt(completion, request)
+        return with_prompt(completion, request, prompt)
 
     return generate
 

@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..records import Completion, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread, on_asyncio
-from ._chat import completion_prompt, prompt_ids, with_request_prompt
+from ._chat import prompt_ids, with_prompt
 from ._finish import finish_reason
 from ._sampling import vllm_options
 from ..stream import Chunk, Stream, StreamMiddleware
@@ -392,9 +392,8 @@ def vllm_generate(engine: VLLMEngine) -> Generate:
                 completion_tokens=sum(len(o.token_ids or ()) for o in outputs),
                 cached_tokens=getattr(final, "num_cached_tokens", None) or 0,  # prefix-cache hits
             ),
-            prompt_ids=completion_prompt(request, prompt),
         )
-        return with_request_prompt(completion, request)
+        return with_prompt(completion, request, prompt)
 
     return generate
 
