@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,39 @@ def test_table_and_chart(tmp_path: Path) -> None:
     assert msgspec.json.decode(msgspec.json.encode(report), type=BenchReport) == report  # every sample survives the JSON
     markdown = render_markdown(report)
     assert markdown.count("\n| vllm |") == 2 and f"| {ratio:.2f}x [{low:.2f}, {high:.2f}] | {estimate.verdict} | 4 (budget) |" in markdown
+
+
+def test_a_report_names_the_commit_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentfly_min.bench.report import _commit
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "new.txt").write_text("untracked files do not count\n")
+    assert _commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert _commit(tmp_path) == f"{head}-dirty"
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "no-such-repo"))
+    assert _commit(tmp_path) is None  # not a checkout
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    assert _commit(tmp_path) is None  # no git at all
+
+    def header(commit: str | None) -> str:
+        environment = Environment(python="3.11", platform="linux", cpu="cpu", cores=2, gpu="none", packages={}, commit=commit)
+        report = BenchReport(started_at="2026-12-02T00:00:00+00:00", model="tiny", random_weights=True, workload=Workload(),
+                             transports=[], loop="trio", concurrency_levels=[1], results=[], environment=environment)  # fmt: skip
+        return render_markdown(report).splitlines()[0]
+
+    assert header(None).endswith("(2026-12-02T00:00:00+00:00).")  # older reports render as before
+    assert header("0123456789" * 4).endswith("(2026-12-02T00:00:00+00:00, code of commit 0123456).")
+    assert header("0123456789" * 4 + "-dirty").endswith(", code of commit 0123456 with local changes).")
 
 
 def test_the_suites_table_is_rendered_from_pytest_benchmark_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

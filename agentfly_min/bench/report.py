@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -71,6 +72,10 @@ class Environment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     cores: int
     gpu: str
     packages: dict[str, str]
+    # The checkout the package was imported from, so a report names the code
+    # it measured; "-dirty" when tracked files differ from that commit, None
+    # outside a git checkout (an installed wheel).
+    commit: str | None = None
 
 
 class BenchReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -139,6 +144,20 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def _commit(where: Path) -> str | None:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        return None
+    return f"{head}-dirty" if changed else head or None
+
+
 def _gpu() -> str:
     try:
         import torch
@@ -165,6 +184,7 @@ def environment() -> Environment:
         cores=os.cpu_count() or 0,
         gpu=_gpu(),
         packages=packages,
+        commit=_commit(Path(__file__).resolve().parent),
     )
 
 
@@ -204,6 +224,13 @@ def _rounds(r: RunResult) -> str:
     return f"{r.estimate.rounds} ({r.estimate.stopped})"
 
 
+def _code(environment: Environment) -> str:
+    commit = environment.commit
+    if commit is None:
+        return ""
+    return f", code of commit {commit[:7]}" + (" with local changes" if commit.endswith("-dirty") else "")
+
+
 def render_markdown(report: BenchReport) -> str:
     """The README's table, from a report: ``python -m agentfly_min.bench
     bench.json`` prints it, so the figures there are regenerated, not typed."""
@@ -212,7 +239,8 @@ def render_markdown(report: BenchReport) -> str:
     lines = [
         f"{w.tasks} tasks x {w.chains} chains x {w.turns} turns x {w.new_tokens} tokens, {report.loop}; "
         f"rounds until the 95% interval is within +/-{report.target:.0%} or {report.budget_seconds:g} s per row "
-        f"({report.min_rounds}-{report.max_rounds} rounds); the run took {minutes:.0f} min ({report.started_at}).",
+        f"({report.min_rounds}-{report.max_rounds} rounds); the run took {minutes:.0f} min ({report.started_at}"
+        f"{_code(report.environment)}).",
         "",
         "| transport | in flight | tokens/s | raw tokens/s | vs raw [95% CI] | verdict | rounds | p99 turn ms (ours / raw) | CPU ms/turn (ours / raw) |",
         "|---|---|---|---|---|---|---|---|---|",
