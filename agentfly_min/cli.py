@@ -154,11 +154,17 @@ def bench(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .bench import BenchOptions, BenchReport, Workload, host_line, host_steady, render_chart, render_table, run_bench
+    from .bench.runner import split_rounds
     from .testing import tiny_model
 
     console = Console(stderr=True)
     if args.min_rounds > args.max_rounds:  # before building anything
         print(f"agentfly-min bench: --min-rounds {args.min_rounds} is more than --max-rounds {args.max_rounds}", file=sys.stderr)
+        return 2
+    try:
+        split_rounds(args.min_rounds, args.max_rounds, args.stacks)
+    except ConfigError as exc:
+        print(f"agentfly-min bench: --stacks {args.stacks}: {exc.reason}", file=sys.stderr)
         return 2
     if args.model is not None:
         problem = _not_a_model(Path(args.model))
@@ -195,6 +201,7 @@ def bench(args: argparse.Namespace) -> int:
             max_rounds=args.max_rounds,
             device=device,
             servers=args.servers,
+            stacks=args.stacks,
         )
     except ConfigError as exc:
         print(f"agentfly-min bench: {exc}", file=sys.stderr)
@@ -237,7 +244,7 @@ def bench(args: argparse.Namespace) -> int:
     report = msgspec.structs.replace(latest[-1], interrupted=interrupted, failures=failures)
     (out / "bench.json").write_bytes(msgspec.json.format(msgspec.json.encode(report)))
     render_chart(report, out / "bench.png")
-    screen = Console(width=None if sys.stdout.isatty() else 160)
+    screen = Console(width=None if sys.stdout.isatty() else 200)  # a pipe or file: the whole table
     weights = "random weights: this measures the transports, not model quality" if report.random_weights else "user model"
     screen.print(f"Model: {report.model} ({weights})")
     screen.print(render_table(report))
@@ -443,6 +450,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--budget", type=_seconds, default=120.0, help="seconds of rounds per row at most (after its warm-up round)")
     b.add_argument("--min-rounds", type=_rounds, default=5, help="counted rounds per row at least (ours and raw each; 2 or more)")
     b.add_argument("--max-rounds", type=_rounds, default=50, help="counted rounds per row at most")
+    b.add_argument(
+        "--stacks", type=_positive, default=3,
+        help="start each transport's engine or server this many times; each start runs every row for its share of "
+        "--budget and the rounds, and the interval resamples starts as well as rounds (rounds on one start share its state)",
+    )  # fmt: skip
     b.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
     b.add_argument("--work-dir", default=".cache/bench", help="models, caches and temp files")
     b.add_argument(

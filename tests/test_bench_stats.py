@@ -16,10 +16,12 @@ from agentfly_min.bench.stats import (
     approximate_half_width,
     Sample,
     _student_t_quantile,
+    combine_stacks,
     describe,
     expanded_tail,
     measure_pairs,
     ratio_interval,
+    stack_ratios,
     verdict,
 )
 
@@ -223,3 +225,78 @@ def test_settings_that_cannot_give_an_interval_are_refused(settings: dict[str, A
     with pytest.raises(ConfigError, match=field):
         measure_pairs(side, side, **settings)
     assert ran == []  # refused before anything ran
+
+
+def _starts(rng: random.Random, *, starts: int, rounds: int, spread: float, stamp: bool = True) -> tuple[list[Sample], list[Sample]]:
+    """Rounds of a true ratio of 1.0 on ``starts`` starts whose own ratio is
+    off by a factor drawn per start (sd ``spread`` in the log), the round
+    noise about as large as the verl rows' (7% sd of a round's ratio)."""
+    ours: list[Sample] = []
+    raw: list[Sample] = []
+    for start in range(starts):
+        effect = math.exp(rng.gauss(0, spread))
+        for i in range(rounds):
+            stack = start if stamp else 0
+            ours.append(Sample(work=100, seconds=3.5 * effect * math.exp(rng.gauss(0, 0.05)), first=i % 2 == 0, stack=stack))
+            raw.append(Sample(work=100, seconds=3.5 * math.exp(rng.gauss(0, 0.05)), stack=stack))
+    return ours, raw
+
+
+def test_starts_that_differ_widen_the_interval_to_hold_the_truth() -> None:
+    # The verl rows read 0.96x [0.94, 0.98] on one start and 1.00x [0.98, 1.02]
+    # on the next: rounds of one start alone say too little.
+    rng = random.Random(11)
+    trials = 150
+    held_rounds = held_starts = 0
+    for trial in range(trials):
+        ours, raw = _starts(rng, starts=3, rounds=16, spread=0.03)
+        _, low, high = ratio_interval(ours, raw, resamples=500, seed=trial)
+        held_starts += low <= 1.0 <= high
+        flat = [msgspec.structs.replace(s, stack=0) for s in ours], [msgspec.structs.replace(s, stack=0) for s in raw]
+        _, low, high = ratio_interval(*flat, resamples=500, seed=trial)
+        held_rounds += low <= 1.0 <= high
+    assert held_rounds / trials < 0.75  # the rounds' interval misses the truth about every third time
+    assert held_starts / trials >= 0.85
+
+
+def test_starts_that_agree_cost_the_interval_little() -> None:
+    rng = random.Random(12)
+    widths = []
+    for trial in range(40):
+        ours, raw = _starts(rng, starts=3, rounds=16, spread=0.0)
+        _, low, high = ratio_interval(ours, raw, resamples=500, seed=trial)
+        _, flat_low, flat_high = ratio_interval(
+            [msgspec.structs.replace(s, stack=0) for s in ours], [msgspec.structs.replace(s, stack=0) for s in raw], resamples=500, seed=trial
+        )
+        widths.append((high - low) / (flat_high - flat_low))
+    assert 1.0 < sum(widths) / len(widths) < 1.8
+
+
+def _estimate(ours: list[Sample], raw: list[Sample], stopped: str = "narrow") -> RatioEstimate:
+    point, low, high = ratio_interval(ours, raw)
+    return RatioEstimate(
+        ratio=point, low=low, high=high, confidence=0.95, rounds=len(ours), stopped=stopped,  # type: ignore[arg-type]
+        seconds=1.0, verdict=verdict(low, high), ours=ours, raw=raw,
+        warmup_ours=[Sample(work=1, seconds=1, stack=ours[0].stack)], warmup_raw=[Sample(work=1, seconds=1, stack=ours[0].stack)],
+    )  # fmt: skip
+
+
+def test_a_rows_starts_combine_into_one_estimate() -> None:
+    def start(stack: int, ours_seconds: float) -> tuple[list[Sample], list[Sample]]:
+        ours = [Sample(work=100, seconds=ours_seconds * (1 + 0.01 * i), first=i % 2 == 0, stack=stack) for i in range(6)]
+        raw = [Sample(work=100, seconds=1.0 * (1 + 0.01 * i), stack=stack) for i in range(6)]
+        return ours, raw
+
+    slow, fast = start(0, 1.0 / 0.9), start(1, 1.0 / 1.1)
+    combined = combine_stacks([_estimate(*slow), _estimate(*fast, stopped="budget")])
+    assert stack_ratios(combined) == pytest.approx([0.9, 1.1])
+    assert combined.rounds == 12 and combined.ours == slow[0] + fast[0] and combined.raw == slow[1] + fast[1]
+    assert combined.ratio == pytest.approx(ratio_interval(slow[0] + fast[0], slow[1] + fast[1])[0])
+    assert combined.low < 0.95 and combined.high > 1.05  # the starts disagree by 20%: so does the interval
+    assert combined.stopped == "budget" and combined.verdict == "no measurable difference" and combined.seconds == 2.0
+    assert len(combined.warmup_ours) == len(combined.warmup_raw) == 2
+    alone = _estimate(*slow)
+    assert stack_ratios(alone) == pytest.approx([0.9]) and combine_stacks([alone]).stopped == "narrow"
+    assert combine_stacks([alone]).ratio == pytest.approx(alone.ratio)
+    with pytest.raises(ValueError, match="at least one"):
+        combine_stacks([])

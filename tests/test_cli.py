@@ -131,7 +131,8 @@ def test_rollout_refuses_a_bad_config_naming_the_problem(fake_server: FakeOpenAI
 @pytest.mark.slow
 def test_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     result = cli(
-        "bench", "--tasks", "2", "--chains", "2", "--turns", "2", "--new-tokens", "8", "--concurrency", "1,4", "--min-rounds", "2", "--max-rounds", "2",
+        "bench", "--tasks", "2", "--chains", "2", "--turns", "2", "--new-tokens", "8", "--concurrency", "1,4", "--min-rounds", "2", "--max-rounds", "4",
+        "--stacks", "2",
         "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
         timeout=1200,
     )  # fmt: skip
@@ -141,16 +142,18 @@ def test_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     assert sorted((r.transport, r.concurrency) for r in report.results) == [
         (t, c) for t in ("client", "verl", "vllm") for c in (1, 4)
     ]
-    assert report.schema_version == 3 and report.seconds > 0
+    assert report.schema_version == 4 and report.seconds > 0 and report.stacks == 2
     # The host was timed before the first engine and after the last.
     assert report.host_before is not None and report.host_after is not None
     assert len(report.host_before.seconds) == len(report.host_after.seconds) == 15
     assert "Host: a fixed Python loop varied by" in result.stdout
     for r in report.results:
-        assert r.tokens == 2 * (2 * 2 * 2 * 8) and r.errors == 0  # two counted rounds (the warm-up is kept apart)
+        # Each stack started twice, two counted rounds on each start (the warm-ups kept apart).
+        assert r.tokens == 4 * (2 * 2 * 2 * 8) and r.errors == 0
         assert r.tokens_per_s > 0 and r.raw_tokens_per_s > 0 and r.ratio_to_raw > 0
-        assert r.estimate.rounds == 2 and r.estimate.stopped in ("narrow", "max rounds")  # 2 rounds may already be +/-5%
-        assert len(r.estimate.ours) == len(r.estimate.raw) == 2 and len(r.estimate.warmup_ours) == 1
+        assert r.estimate.rounds == 4 and r.estimate.stopped in ("narrow", "max rounds")  # 2 rounds may already be +/-5%
+        assert [s.stack for s in r.estimate.ours] == [s.stack for s in r.estimate.raw] == [0, 0, 1, 1]
+        assert len(r.estimate.ours) == len(r.estimate.raw) == 4 and len(r.estimate.warmup_ours) == 2
         assert r.ratio_low <= r.ratio_to_raw <= r.ratio_high and r.verdict == verdict(r.ratio_low, r.ratio_high)
         assert sum(s.work for s in r.estimate.ours) == r.tokens  # the samples recompute the row
         assert sum(1 for pair in zip(r.estimate.ours, r.estimate.raw, strict=True) if pair[0].first == pair[1].first) == 0
@@ -178,7 +181,7 @@ def test_bench_interrupted_from_a_terminal_leaves_a_summary_and_nothing_running(
 
     args = [
         sys.executable, "-m", "agentfly_min", "bench", "--transports", transport, "--tasks", "2", "--chains", "2",
-        "--turns", "2", "--new-tokens", "8", "--concurrency", "1,2,4", "--min-rounds", "2", "--max-rounds", "2",
+        "--turns", "2", "--new-tokens", "8", "--concurrency", "1,2,4", "--min-rounds", "2", "--max-rounds", "2", "--stacks", "1",
         "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
     ]  # fmt: skip
     shm_before = shm_entries()
@@ -209,6 +212,11 @@ def test_bench_refuses_rounds_that_cannot_be_met_before_building_anything(tmp_pa
     assert result.returncode == 2 and result.stderr.strip() == "agentfly-min bench: --min-rounds 5 is more than --max-rounds 2"
     result = cli("bench", "--target", "5", "--out", str(tmp_path / "out"), timeout=120)
     assert result.returncode == 2 and "expected a fraction between 0 and 1" in result.stderr
+    result = cli("bench", "--min-rounds", "2", "--max-rounds", "5", "--out", str(tmp_path / "out"), timeout=120)  # three starts by default
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "agentfly-min bench: --stacks 3: 3 starts split a row's rounds: each needs at least 2, "
+        "but at most 5 rounds a row leave 1 each; allow 6 or start fewer stacks"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -353,7 +361,7 @@ def test_rollout_configs_name_a_template(fake_server: FakeOpenAIServer, tmp_path
 def test_bench_runs_a_familys_template_on_its_tiny_model(tmp_path: Path) -> None:
     result = cli(
         "bench", "--transports", "vllm", "--template", "llama3", "--tasks", "2", "--chains", "1", "--turns", "2",
-        "--new-tokens", "8", "--concurrency", "1", "--min-rounds", "2", "--max-rounds", "2", "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
+        "--new-tokens", "8", "--concurrency", "1", "--min-rounds", "2", "--max-rounds", "2", "--stacks", "1", "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
         timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -366,7 +374,7 @@ def test_bench_runs_a_familys_template_on_its_tiny_model(tmp_path: Path) -> None
 def test_bench_measures_a_fleet_behind_the_router(tmp_path: Path) -> None:
     result = cli(
         "bench", "--transports", "fleet", "--servers", "2", "--tasks", "2", "--chains", "2", "--turns", "2",
-        "--new-tokens", "8", "--concurrency", "2", "--min-rounds", "2", "--max-rounds", "2", "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
+        "--new-tokens", "8", "--concurrency", "2", "--min-rounds", "2", "--max-rounds", "2", "--stacks", "1", "--out", str(tmp_path), "--work-dir", str(WORK / "bench"),
         timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from .host import HostSteadiness
-from .stats import RatioEstimate, Verdict
+from .stats import RatioEstimate, Verdict, stack_ratios
 from .workload import Workload
 
 __all__ = [
@@ -86,9 +86,12 @@ class BenchReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     spent, or ``max_rounds``; ``seconds`` is the whole run's wall time.
     ``host_before`` and ``host_after`` time a fixed piece of work before the
     first engine starts and after the last is shut down (see ``host``): the
-    host's own jitter, which no arrangement of rounds removes."""
+    host's own jitter, which no arrangement of rounds removes. ``stacks``
+    says how many times each transport's engine or server was started; each
+    start ran every row for its share of the budget and rounds, and a row's
+    interval resamples starts, then rounds (see ``stats``)."""
 
-    schema_version: int = 3
+    schema_version: int = 4
     started_at: str
     model: str
     random_weights: bool
@@ -107,6 +110,7 @@ class BenchReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     interrupted: bool = False
     host_before: HostSteadiness | None = None
     host_after: HostSteadiness | None = None
+    stacks: int = 1
 
 
 def _host_probes(report: BenchReport) -> list[tuple[str, HostSteadiness]]:
@@ -197,9 +201,10 @@ def render_table(report: BenchReport) -> object:
         title=f"agentfly-min bench: {workload.tasks} tasks x {workload.chains} chains x {workload.turns} turns "
         f"x {workload.new_tokens} tokens, on {report.loop}"
     )
+    starts = report.stacks > 1
     columns = (
         "transport", "in flight", "tokens/s", "raw tokens/s", "vs raw [95% CI]", "verdict", "rounds",
-        "p99 turn ms", "CPU ms/turn", "peak MB",
+        *(("on each start",) if starts else ()), "p99 turn ms", "CPU ms/turn", "peak MB",
     )  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column in ("transport", "verdict") else "right", no_wrap=True)
@@ -212,6 +217,7 @@ def render_table(report: BenchReport) -> object:
             f"{r.ratio_to_raw:.2f}x [{r.ratio_low:.2f}, {r.ratio_high:.2f}]" + (f" ({r.errors} errors)" if r.errors else ""),
             r.verdict,
             _rounds(r),
+            *((_per_start(r),) if starts else ()),
             f"{r.p99_turn_ms:.0f} / {r.raw_p99_turn_ms:.0f}",
             f"{r.cpu_ms_per_turn:.2f} / {r.raw_cpu_ms_per_turn:.2f}",
             f"{r.peak_memory_mb:,.0f}",
@@ -222,6 +228,10 @@ def render_table(report: BenchReport) -> object:
 
 def _rounds(r: RunResult) -> str:
     return f"{r.estimate.rounds} ({r.estimate.stopped})"
+
+
+def _per_start(r: RunResult) -> str:
+    return " / ".join(f"{ratio:.2f}" for ratio in stack_ratios(r.estimate))
 
 
 def _code(environment: Environment) -> str:
@@ -236,20 +246,25 @@ def render_markdown(report: BenchReport) -> str:
     bench.json`` prints it, so the figures there are regenerated, not typed."""
     w = report.workload
     minutes = report.seconds / 60
+    starts = report.stacks > 1
     lines = [
         f"{w.tasks} tasks x {w.chains} chains x {w.turns} turns x {w.new_tokens} tokens, {report.loop}; "
-        f"rounds until the 95% interval is within +/-{report.target:.0%} or {report.budget_seconds:g} s per row "
+        + (f"each stack started {report.stacks} times, the interval resampling starts and rounds; " if starts else "")
+        + f"rounds until the 95% interval is within +/-{report.target:.0%} or {report.budget_seconds:g} s per row "
         f"({report.min_rounds}-{report.max_rounds} rounds); the run took {minutes:.0f} min ({report.started_at}"
         f"{_code(report.environment)}).",
         "",
-        "| transport | in flight | tokens/s | raw tokens/s | vs raw [95% CI] | verdict | rounds | p99 turn ms (ours / raw) | CPU ms/turn (ours / raw) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| transport | in flight | tokens/s | raw tokens/s | vs raw [95% CI] | verdict | rounds | "
+        + ("on each start | " if starts else "")
+        + "p99 turn ms (ours / raw) | CPU ms/turn (ours / raw) |",
+        "|---|---|---|---|---|---|---|" + ("---|" if starts else "") + "---|---|",
     ]
     for r in report.results:
         lines.append(
             f"| {r.transport} | {r.concurrency} | {r.tokens_per_s:,.0f} | {r.raw_tokens_per_s:,.0f} | "
             f"{r.ratio_to_raw:.2f}x [{r.ratio_low:.2f}, {r.ratio_high:.2f}] | {r.verdict} | {_rounds(r)} | "
-            f"{r.p99_turn_ms:.0f} / {r.raw_p99_turn_ms:.0f} | {r.cpu_ms_per_turn:.2f} / {r.raw_cpu_ms_per_turn:.2f} |"
+            + (f"{_per_start(r)} | " if starts else "")
+            + f"{r.p99_turn_ms:.0f} / {r.raw_p99_turn_ms:.0f} | {r.cpu_ms_per_turn:.2f} / {r.raw_cpu_ms_per_turn:.2f} |"
         )
     for name, reason in report.failures.items():
         lines.append(f"\n{name} did not run: {reason}")

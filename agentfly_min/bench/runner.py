@@ -26,10 +26,10 @@ from ..transports.vllm import VLLMEngine, vllm_generate
 from .host import HostSteadiness, probe_host
 from .raw import openai_raw_step, openai_token_raw_step, verl_raw_step, vllm_raw_step
 from .report import BenchReport, RunResult, TransportName, environment
-from .stats import RatioEstimate, Sample, measure_pairs
+from .stats import RatioEstimate, Sample, combine_stacks, measure_pairs
 from .workload import RunStats, Workload, generate_step, run_workload
 
-__all__ = ["BenchOptions", "run_bench", "MemorySampler"]
+__all__ = ["BenchOptions", "run_bench", "MemorySampler", "split_rounds"]
 
 
 class BenchOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,11 +47,35 @@ class BenchOptions(msgspec.Struct, frozen=True, kw_only=True):
     max_rounds: Annotated[int, Meta(ge=2)] = 50
     device: Literal["cpu", "cuda"] = "cpu"
     servers: int = 2
+    # Starts of each transport's stack; each runs every row for its share of
+    # the budget and rounds (see stats: rounds on one start share its state).
+    stacks: Annotated[int, Meta(ge=1)] = 1
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.min_rounds > self.max_rounds:
             raise ConfigError("BenchOptions.min_rounds", f"{self.min_rounds} is more than max_rounds ({self.max_rounds})")
+        split_rounds(self.min_rounds, self.max_rounds, self.stacks)
+
+    def share(self) -> tuple[float, int, int]:
+        """One start's share of a row: (budget seconds, min rounds, max rounds)."""
+        return (self.budget_seconds / self.stacks, *split_rounds(self.min_rounds, self.max_rounds, self.stacks))
+
+
+def split_rounds(min_rounds: int, max_rounds: int, stacks: int) -> tuple[int, int]:
+    """Each start's least and most rounds when a row's are split among
+    ``stacks`` starts: at least two (an interval needs them), the least
+    rounded up and the most rounded down, so the row keeps within both; a
+    split that cannot is refused."""
+    least = max(2, -(-min_rounds // stacks))
+    most = max_rounds // stacks
+    if least > most:
+        raise ConfigError(
+            "BenchOptions.stacks",
+            f"{stacks} starts split a row's rounds: each needs at least {least}, but at most {max_rounds} "
+            f"rounds a row leave {most} each; allow {least * stacks} or start fewer stacks",
+        )
+    return least, most
 
 
 class MemorySampler:
@@ -264,12 +288,27 @@ def run_bench(
         tokenizer = AutoTokenizer.from_pretrained(options.model)
     except (OSError, ValueError) as exc:  # transformers' words for a folder it cannot read
         raise ConfigError("model", f"cannot load its tokenizer: {one_line(str(exc), 300)}") from None
-    results: list[RunResult] = []
+    # Per row (transport, level), one entry per start: its estimate, the
+    # counted runs of each side, and the peak memory.
+    rows: dict[tuple[TransportName, int], list[tuple[RatioEstimate, list[RunStats], list[RunStats], int]]] = {}
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     clock_started = time.monotonic()
     env = environment()
     host_before = probe_host()  # before any engine: the host's own jitter
     host_after: HostSteadiness | None = None
+
+    def results() -> list[RunResult]:
+        found = []
+        for name in options.transports:
+            for level in options.concurrency_levels:
+                starts = rows.get((name, level))
+                if not starts:
+                    continue
+                estimate = starts[0][0] if len(starts) == 1 else combine_stacks([e for e, _, _, _ in starts])
+                mine = [stats for _, m, _, _ in starts for stats in m]
+                theirs = [stats for _, _, t, _ in starts for stats in t]
+                found.append(_result(name, options.loop, level, mine, theirs, estimate, max(p for _, _, _, p in starts)))
+        return found
 
     def report() -> BenchReport:
         return BenchReport(
@@ -286,13 +325,15 @@ def run_bench(
             max_rounds=options.max_rounds,
             seconds=time.monotonic() - clock_started,
             environment=env,
-            results=list(results),
+            results=results(),
             failures=dict(failures),
             host_before=host_before,
             host_after=host_after,
+            stacks=options.stacks,
         )
 
     chains = options.workload.tasks * options.workload.chains
+    budget, min_rounds, max_rounds = options.share()
 
     def interrupted() -> bool:
         # Ctrl-C in a terminal reaches the whole process group: engine
@@ -314,45 +355,52 @@ def run_bench(
             raise KeyboardInterrupt  # the signal reached the engines mid-run: the measurement is void
         return stats
 
-    for name in options.transports:
-        try:
-            with _STARTERS[name](options, tokenizer) as (ours, raw):
-                for level in options.concurrency_levels:
-                    if should_stop():
-                        raise KeyboardInterrupt
-                    workload = msgspec.structs.replace(options.workload, concurrency=level)
-                    # The first run of each side is the warm-up round.
-                    kept: dict[str, list[RunStats]] = {"ours": [], "raw": []}
+    # The starts go round the transports (A, B, C, A, B, C, ...), so each
+    # row's starts are spread over the whole run, not taken back to back.
+    for stack in range(options.stacks):
+        for name in options.transports:
+            if name in failures:
+                continue
+            try:
+                with _STARTERS[name](options, tokenizer) as (ours, raw):
+                    for level in options.concurrency_levels:
+                        if should_stop():
+                            raise KeyboardInterrupt
+                        workload = msgspec.structs.replace(options.workload, concurrency=level)
+                        # The first run of each side is the warm-up round.
+                        kept: dict[str, list[RunStats]] = {"ours": [], "raw": []}
+                        start = f" start {stack + 1}/{options.stacks}" if options.stacks > 1 else ""
 
-                    def timed(side: str, run: Runner) -> Callable[[], Sample]:
-                        def one() -> Sample:
-                            if should_stop():
-                                raise KeyboardInterrupt
-                            done = len(kept[side])
-                            who = "agentfly_min" if side == "ours" else "raw"
-                            cpu = time.process_time()
-                            stats = measure(run, workload, f"{name} x{level} {who} " + (f"#{done}" if done else "warm-up"))
-                            kept[side].append(stats)
-                            return Sample(work=stats.tokens, seconds=stats.seconds, cpu_seconds=time.process_time() - cpu)
+                        def timed(side: str, run: Runner) -> Callable[[], Sample]:
+                            def one() -> Sample:
+                                if should_stop():
+                                    raise KeyboardInterrupt
+                                done = len(kept[side])
+                                who = "agentfly_min" if side == "ours" else "raw"
+                                cpu = time.process_time()
+                                stats = measure(run, workload, f"{name} x{level}{start} {who} " + (f"#{done}" if done else "warm-up"))
+                                kept[side].append(stats)
+                                return Sample(work=stats.tokens, seconds=stats.seconds, cpu_seconds=time.process_time() - cpu, stack=stack)
 
-                        return one
+                            return one
 
-                    # Ours and raw alternate a round at a time, in an order
-                    # drawn per round; the first round (new shapes pay one-time
-                    # costs: kernels, the first Ray calls) is measured and kept
-                    # apart; rounds are added until the ratio's interval is
-                    # narrow enough or the budget is spent.
-                    with MemorySampler() as memory:
-                        estimate = measure_pairs(
-                            timed("ours", ours), timed("raw", raw),
-                            target=options.target, budget_seconds=options.budget_seconds,
-                            min_rounds=options.min_rounds, max_rounds=options.max_rounds, warmup_rounds=1,
-                        )  # fmt: skip
-                    results.append(_result(name, options.loop, level, kept["ours"][1:], kept["raw"][1:], estimate, memory.peak))
-                    on_result(report())
-        except (ImportError, RuntimeError, TimeoutError, OSError, ValueError) as exc:
-            # A transport that cannot start here (say, no verl) does not stop the others.
-            failures[name] = f"{type(exc).__name__}: {exc}"
-            on_result(report())
+                        # Ours and raw alternate a round at a time, in blocks of
+                        # both orders; the first round (new shapes pay one-time
+                        # costs: kernels, the first Ray calls) is measured and
+                        # kept apart; rounds are added until the ratio's interval
+                        # on this start is narrow enough or its share of the
+                        # budget is spent.
+                        with MemorySampler() as memory:
+                            estimate = measure_pairs(
+                                timed("ours", ours), timed("raw", raw),
+                                target=options.target, budget_seconds=budget,
+                                min_rounds=min_rounds, max_rounds=max_rounds, warmup_rounds=1,
+                            )  # fmt: skip
+                        rows.setdefault((name, level), []).append((estimate, kept["ours"][1:], kept["raw"][1:], memory.peak))
+                        on_result(report())
+            except (ImportError, RuntimeError, TimeoutError, OSError, ValueError) as exc:
+                # A transport that cannot start here (say, no verl) does not stop the others.
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                on_result(report())
     host_after = probe_host()  # every engine is shut down by now
     on_result(report())
