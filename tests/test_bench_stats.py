@@ -300,3 +300,17 @@ def test_a_rows_starts_combine_into_one_estimate() -> None:
     assert combine_stacks([alone]).ratio == pytest.approx(alone.ratio)
     with pytest.raises(ValueError, match="at least one"):
         combine_stacks([])
+
+
+def test_an_order_with_one_round_does_not_make_the_interval_a_point() -> None:
+    # Two rounds, one in each order: each order's only round always draws
+    # itself, which read 0.92x [0.92, 0.92] after a start's first two rounds.
+    ours = [Sample(work=100, seconds=1.0, first=True), Sample(work=100, seconds=1.2)]
+    raw = [Sample(work=100, seconds=1.1), Sample(work=100, seconds=1.0, first=True)]
+    point, low, high = ratio_interval(ours, raw)
+    assert low < point < high and high / low > 1.2
+    # Three rounds, the lone one in its order: still resampled with the rest.
+    ours.append(Sample(work=100, seconds=1.1))
+    raw.append(Sample(work=100, seconds=1.0, first=True))
+    point, low, high = ratio_interval(ours, raw)
+    assert low < point < high

@@ -129,6 +129,7 @@ class _Columns:
         self.raw_seconds = [s.seconds for s in raw]
         first = [i for i, s in enumerate(ours) if s.first]
         second = [i for i, s in enumerate(ours) if not s.first]
+        self.first = frozenset(first)
         # Rounds with ours first, and the others: resampled apart, each keeping its count.
         self.strata = [group for group in (first, second) if group]
         # The same split within each start of the stack, for the hierarchical draw.
@@ -203,7 +204,7 @@ def ratio_interval(
     rng = random.Random(seed)
     starts = list(columns.stacks.values())
     if len(starts) == 1:
-        draws = sorted(columns.ratio([rng.choices(group, k=len(group)) for group in strata]) for _ in range(resamples))
+        draws = sorted(columns.ratio(_within(columns, strata, rng)) for _ in range(resamples))
     else:
         draws = sorted(_hierarchical_draw(columns, starts, rng) for _ in range(resamples))
     tail = expanded_tail(rounds, confidence)
@@ -215,11 +216,25 @@ def ratio_interval(
     return point, low, high
 
 
+def _within(columns: _Columns, groups: Sequence[Sequence[int]], rng: random.Random) -> list[list[int]]:
+    """One draw of a start's rounds, one list per order: each order's
+    rounds resampled apart, or, when an order has a single round (whose
+    draw is always itself, so its noise would not show), all of them
+    together, split by order after."""
+    present = [group for group in groups if group]
+    if all(len(group) >= 2 for group in present):
+        return [rng.choices(group, k=len(group)) for group in present]
+    rounds = [i for group in present for i in group]
+    drawn = rng.choices(rounds, k=len(rounds))
+    first = columns.first
+    return [pick for pick in ([i for i in drawn if i in first], [i for i in drawn if i not in first]) if pick]
+
+
 def _hierarchical_draw(columns: _Columns, starts: list[list[list[int]]], rng: random.Random) -> float:
-    picks: list[list[int]] = [[] for _ in columns.strata]
+    picks: list[list[int]] = [[], []]
     for start in rng.choices(starts, k=len(starts)):
-        for pick, group in zip(picks, start, strict=True):
-            pick.extend(rng.choices(group, k=len(group)) if group else ())
+        for i in (i for group in _within(columns, start, rng) for i in group):
+            picks[0 if i in columns.first else 1].append(i)
     return columns.ratio([pick for pick in picks if pick])
 
 
