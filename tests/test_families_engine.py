@@ -21,7 +21,7 @@ from agentfly_min.transports.verl import open_verl
 from agentfly_min.transports.vllm import VLLMEngine, vllm_generate
 
 from .conftest import CACHE, WORK
-from .vllm_support import ENGINE_CONFIG, assert_gone, engine_children
+from .vllm_support import ENGINE_CONFIG, assert_gone, assert_reaped, engine_children
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -93,6 +93,7 @@ def family_engine(request: pytest.FixtureRequest) -> Iterator[tuple[str, VLLMEng
     yield family, engine
     engine.close()
     assert_gone(children)
+    assert_reaped(children)
 
 
 async def test_family_episodes_on_the_vllm_engine_are_token_exact(family_engine: tuple[str, VLLMEngine]) -> None:

@@ -44,6 +44,21 @@ def assert_gone(processes: list[psutil.Process], timeout: float = 30.0) -> None:
     assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}"
 
 
+def assert_reaped(processes: list[psutil.Process]) -> None:
+    """No process in ``processes`` is an exited child of ours left unwaited
+    (a zombie)."""
+    import os
+
+    unwaited = []
+    for p in processes:
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE and p.ppid() == os.getpid():
+                unwaited.append(p.pid)
+        except psutil.NoSuchProcess:
+            continue
+    assert not unwaited, f"exited but never waited for: {unwaited}"
+
+
 def _alive(process: psutil.Process) -> bool:
     try:
         return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)

@@ -18,6 +18,7 @@ import difflib
 import gc
 import importlib
 import itertools
+import multiprocessing
 import os
 import sys
 import threading
@@ -216,6 +217,10 @@ class VLLMEngine:
         finally:
             if self._shm_before is not None:
                 sweep_shm(self._shm_before, dying=dying)
+            # vLLM's shutdown leaves its exited engine core unwaited; a
+            # process that starts engines again and again (the bench's
+            # starts) would pile up zombies. This polls, it never blocks.
+            multiprocessing.active_children()
 
     def _forget(self) -> None:
         self.engine = None
