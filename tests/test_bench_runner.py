@@ -89,6 +89,41 @@ def test_each_stack_is_started_in_turn_and_each_row_combines_its_starts(
     assert "| on each start |" in markdown and "| 0.90 / 1.10 |" in markdown
 
 
+def test_each_row_and_start_draws_its_own_orders_reproducibly(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def orders() -> list[tuple[str, ...]]:
+        sides: list[str] = []
+
+        @contextmanager
+        def start(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
+            def side(name: str) -> Runner:
+                def run(workload: Workload, tick: Callable[[], None]) -> RunStats:
+                    sides.append(f"{name}{workload.concurrency}")
+                    return _stats(workload, 1.0)
+
+                return run
+
+            yield side("ours"), side("raw")
+
+        _run(_options(tiny_model_path, tmp_path, transports=("vllm",)), monkeypatch, {"vllm": start})
+        # one sequence per row and start: the sides in the order they ran
+        runs: list[tuple[str, ...]] = []
+        current: list[str] = []
+        for entry in sides:
+            if current and current[-1][-1] != entry[-1]:
+                runs.append(tuple(current))
+                current = []
+            current.append(entry)
+        runs.append(tuple(current))
+        return runs
+
+    first = orders()
+    assert len(first) == 4  # 2 levels x 2 starts
+    assert len({tuple(s.rstrip("0123456789") for s in run) for run in first}) > 1
+    assert orders() == first
+
+
 def test_a_start_that_fails_keeps_what_the_others_measured(tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     starts: list[int] = []
 

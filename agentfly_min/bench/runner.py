@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -389,12 +390,15 @@ def run_bench(
                         # costs: kernels, the first Ray calls) is measured and
                         # kept apart; rounds are added until the ratio's interval
                         # on this start is narrow enough or its share of the
-                        # budget is spent.
+                        # budget is spent. Each row and start draws its own
+                        # orders (reproducibly): with one seed every row and
+                        # start ran the same sequence of orders.
                         with MemorySampler() as memory:
                             estimate = measure_pairs(
                                 timed("ours", ours), timed("raw", raw),
                                 target=options.target, budget_seconds=budget,
                                 min_rounds=min_rounds, max_rounds=max_rounds, warmup_rounds=1,
+                                seed=zlib.crc32(f"{name} {level} {stack}".encode()),
                             )  # fmt: skip
                         rows.setdefault((name, level), []).append((estimate, kept["ours"][1:], kept["raw"][1:], memory.peak))
                         on_result(report())
