@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import anyio
 import msgspec
@@ -20,6 +20,9 @@ from .configs import ClientConfig
 from .errors import ConfigError, TransportError
 from .records import Completion, Message, Request
 from .transports import open_backend
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 __all__ = ["main"]
 
@@ -148,6 +151,26 @@ def _device(choice: str) -> Literal["cpu", "cuda"]:
     return "cuda" if choice == "cuda" else "cpu"
 
 
+def _run_progress(bar: Progress) -> Callable[[str, int], Callable[[], None]]:
+    """The bench's ``progress(label, total)``: one line, reset for each run.
+
+    A line per run piled up (hundreds in a long bench), and every redraw
+    renders them all, on a thread of the process being measured: by the
+    last starts the display took a good share of the CPU the bench was
+    counting, on both sides, and held the GIL the transports wait for."""
+    current: list[TaskID] = []
+
+    def progress(label: str, total: int) -> Callable[[], None]:
+        if current:
+            bar.reset(current[0], total=total, description=label)
+        else:
+            current.append(bar.add_task(label, total=total))
+        task = current[0]
+        return lambda: bar.advance(task)
+
+    return progress
+
+
 def bench(args: argparse.Namespace) -> int:
     """Run one agent workload through each transport and its raw counterpart."""
     from rich.console import Console
@@ -223,14 +246,12 @@ def bench(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
-
-            def progress(label: str, total: int) -> Callable[[], None]:
-                task = bar.add_task(label, total=total)
-                return lambda: bar.advance(task)
-
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        # Redraws run on a thread of this process, the one being measured:
+        # two a second is plenty for a bar.
+        with Progress(*columns, console=console, refresh_per_second=2) as bar:
             try:
-                run_bench(options, on_result=keep, progress=progress, failures=failures, should_stop=stop.is_set)
+                run_bench(options, on_result=keep, progress=_run_progress(bar), failures=failures, should_stop=stop.is_set)
             except KeyboardInterrupt:
                 interrupted = True
             except ConfigError as exc:

@@ -220,6 +220,28 @@ def test_bench_refuses_rounds_that_cannot_be_met_before_building_anything(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_bench_progress_keeps_one_line_however_many_runs() -> None:
+    # A line per run piled up and every redraw rendered them all, on a
+    # thread of the process being measured: the bench's own CPU per token
+    # grew 3-5x from its first start to its fourth.
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from agentfly_min.cli import _run_progress
+
+    bar = Progress(console=Console(file=io.StringIO()), auto_refresh=False)
+    progress = _run_progress(bar)
+    for run in range(500):
+        tick = progress(f"vllm x16 start 4/4 raw #{run}", 48)
+        for _ in range(run % 7):
+            tick()
+    assert len(bar.tasks) == 1
+    (task,) = bar.tasks
+    assert (task.description, task.total, task.completed) == ("vllm x16 start 4/4 raw #499", 48, 499 % 7)
+
+
 def test_bench_refuses_a_path_that_is_not_a_model_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "no-tokenizer").mkdir()
