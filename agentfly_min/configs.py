@@ -141,6 +141,12 @@ class AsyncVerlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     ``max_aborts`` aborts are absorbed per request; before the k-th resend the
     transport waits ``min(abort_backoff_max, abort_backoff * 2**(k-1))``
     seconds, less up to a quarter of jitter (weights take seconds to load).
+
+    ``max_model_len`` is the server's context (verl's
+    ``rollout.max_model_len``): verl's vLLM server clamps ``max_tokens`` to
+    the context left and reports such a cut as ``"completed"``, like a stop,
+    so an answer that fills the context without ending on the end-of-turn
+    token is read as ``"length"`` only when the transport knows it.
     """
 
     temperature: _Temperature = 1.0
@@ -152,6 +158,7 @@ class AsyncVerlConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_aborts: Annotated[int, Meta(ge=0)] = 16
     abort_backoff: Annotated[float, Meta(ge=0.0)] = 0.25
     abort_backoff_max: Annotated[float, Meta(ge=0.0)] = 4.0
+    max_model_len: _PositiveInt | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)

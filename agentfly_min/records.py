@@ -262,7 +262,10 @@ class Output(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ``reasoning_content``), when it did. ``weight_versions`` (one per token
     id) is the policy version that sampled
     each token, where the transport knows it (verl's ``global_steps``; a
-    request resumed after a weight update has tokens of two versions).
+    request resumed after a weight update has tokens of two versions). It is
+    None when the versions are known only as a range (a client that resumed
+    the request itself, as verl's fully-async one does): then
+    ``Completion.min_weight_version`` and ``weight_version`` bound them.
     """
 
     text: str
@@ -302,9 +305,11 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     rate limiter held the request back (``rate_limit_seconds``).
 
     ``prompt_ids`` are the prompt's token ids as the server saw them, when
-    the transport knows them; ``weight_version`` is the policy version that
-    sampled it (verl's ``global_steps``), when known; ``server`` names the
-    server that answered, when it said (a fleet's servers do).
+    the transport knows them; ``weight_version`` is the newest policy version
+    that sampled it (verl's ``global_steps``) and ``min_weight_version`` the
+    oldest, when known (they differ when a request was resumed across a
+    weight update); ``server`` names the server that answered, when it said
+    (a fleet's servers do).
     """
 
     outputs: Annotated[tuple[Output, ...], Meta(min_length=1)]
@@ -315,6 +320,7 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     model: str = ""
     prompt_ids: tuple[int, ...] | None = None
     weight_version: int | None = None
+    min_weight_version: int | None = None
     server: str | None = None
 
     def __post_init__(self) -> None:

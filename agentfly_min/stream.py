@@ -58,6 +58,9 @@ class Chunk(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     model: str = ""
     server: str | None = None
     weight_versions: tuple[int, ...] | None = None
+    weight_version_range: tuple[int, int] | None = None
+    """The oldest and newest policy versions behind the completion, where a
+    transport knows them as a range rather than per token."""
 
 
 Chunks: TypeAlias = AbstractAsyncContextManager[AsyncIterator[Chunk]]
@@ -127,6 +130,8 @@ def collect_chunks(chunks: Sequence[Chunk]) -> Completion:
     model = ""
     server: str | None = None
     token_level = any(chunk.token_ids for chunk in chunks)
+    versions = [v for chunk in chunks for v in (chunk.weight_versions or ())]
+    versions += [v for chunk in chunks for v in (chunk.weight_version_range or ())]
     for chunk in chunks:
         samples.setdefault(chunk.index, _Sample()).add(chunk)
         usage = chunk.usage or usage
@@ -136,7 +141,6 @@ def collect_chunks(chunks: Sequence[Chunk]) -> Completion:
     if not samples:
         samples[0] = _Sample()
     outputs = tuple(samples[k].output(token_level) for k in sorted(samples))
-    versions = [v for o in outputs for v in (o.weight_versions or ())]
     return Completion(
         outputs=outputs,
         usage=usage or Usage(),
@@ -144,6 +148,7 @@ def collect_chunks(chunks: Sequence[Chunk]) -> Completion:
         prompt_ids=prompt_ids,
         server=server,
         weight_version=max(versions) if versions else None,
+        min_weight_version=min(versions) if versions else None,
     )
 
 
@@ -169,6 +174,13 @@ def one_chunk(generate: Generate) -> Stream:
     return stream
 
 
+def _range(completion: Completion) -> tuple[int, int] | None:
+    if completion.weight_version is None:
+        return None
+    low = completion.weight_version if completion.min_weight_version is None else completion.min_weight_version
+    return low, completion.weight_version
+
+
 async def _chunks_of(completion: Completion) -> AsyncIterator[Chunk]:
     last = len(completion.outputs) - 1
     for index, output in enumerate(completion.outputs):
@@ -188,4 +200,5 @@ async def _chunks_of(completion: Completion) -> AsyncIterator[Chunk]:
             model=completion.model,
             server=completion.server,
             weight_versions=output.weight_versions,
+            weight_version_range=_range(completion) if index == last else None,
         )

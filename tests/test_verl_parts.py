@@ -154,11 +154,36 @@ async def test_logprobs_only_when_asked_and_versions_only_when_known(bridge: Bri
     assert server.calls[1][2]["logprobs"] is True and server.calls[0][2]["logprobs"] is False
 
 
-async def test_a_length_stop_before_max_tokens_is_length(bridge: Bridge) -> None:
-    """verl's server clamps max_tokens to the context left and says "length"."""
-    server = ScriptedVerl([Answer([5, 6, 7], "length")])
-    (output,) = (await scripted(AsyncVerlConfig(), server, bridge)(REQUEST)).outputs
+async def test_a_cut_at_the_context_is_length_though_verl_says_completed(bridge: Bridge) -> None:
+    """verl's vLLM server clamps max_tokens to the context left and reports
+    the cut as "completed", as it reports a stop (vllm_async_server.py maps
+    vLLM's "length" and "stop" both to "completed"); the real server's reply
+    is in test_verl.py. Knowing the context, the transport reads the cut."""
+    clamped = [Answer([5, 6, 7], "completed"), Answer([5, 6, 7], "completed"), Answer([5, 6, EOS], "completed")]
+    server = ScriptedVerl(clamped)
+    prompt = Request(prompt_ids=(7, 8), max_new_tokens=8)  # 2 + 3 = 5 tokens fill a context of 5
+    (output,) = (await scripted(AsyncVerlConfig(max_model_len=5), server, bridge)(prompt)).outputs
     assert output.finish_reason == "length" and len(output.token_ids or ()) < 8
+    (unknown,) = (await scripted(AsyncVerlConfig(), server, bridge)(prompt)).outputs
+    assert unknown.finish_reason == "stop"  # without the context, a clamp looks like a stop
+    (ended,) = (await scripted(AsyncVerlConfig(max_model_len=5), server, bridge)(prompt)).outputs
+    assert ended.finish_reason == "stop"  # the end-of-turn token at the boundary is a stop
+
+
+async def test_a_fully_async_clients_version_range_is_kept_not_flattened(bridge: Bridge) -> None:
+    """verl's FullyAsyncLLMServerClient resumes an aborted request itself and
+    reports min_global_steps / max_global_steps for the whole answer (its
+    global_steps is the last one's): the tokens' versions are a range whose
+    split is unknown, not the newest version on every token."""
+    resumed = Answer([10, 11, 12, EOS], "completed", 7, extra_fields={"min_global_steps": 6, "max_global_steps": 7})
+    same = Answer([20, EOS], "completed", 7, extra_fields={"min_global_steps": 7, "max_global_steps": 7})
+    generate = scripted(AsyncVerlConfig(), ScriptedVerl([resumed, same]), bridge)
+    completion = await generate(REQUEST)
+    assert completion.outputs[0].weight_versions is None
+    assert (completion.min_weight_version, completion.weight_version) == (6, 7)
+    completion = await generate(REQUEST)
+    assert completion.outputs[0].weight_versions == (7, 7)
+    assert (completion.min_weight_version, completion.weight_version) == (7, 7)
 
 
 async def test_the_prompt_is_the_requests_own_or_the_rendered_one_checked(bridge: Bridge) -> None:
@@ -323,3 +348,4 @@ def test_rays_sockets_fit_however_deep_the_checkout(tmp_path: Path, deep: bool) 
             chosen.rmdir()
         if not deep:
             shutil.rmtree(base)
+

@@ -57,7 +57,9 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     trajectory's ids are ours, and such a turn was sampled from something
     else, so a trainer should know.
     ``weight_versions`` are the policy versions that sampled each turn (the
-    newest one per turn), when the transport knows them. ``turn_seconds`` is
+    newest one per turn), when the transport knows them, and
+    ``min_weight_version`` is the oldest version that sampled any token of
+    the episode (what a trainer's staleness control wants with the newest). ``turn_seconds`` is
     the wall time of each model call, ``tool_seconds`` and ``reward_seconds``
     the time spent in tools and in the reward. ``num_turns`` counts model
     turns; ``tool_rounds`` the rounds of tool results that followed them.
@@ -93,6 +95,7 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     session_moves: int = 0
     prompt_mismatches: tuple[tuple[int, int], ...] = ()
     weight_versions: tuple[int, ...] = ()
+    min_weight_version: int | None = None
     turn_seconds: tuple[float, ...] = ()
     tool_seconds: float = 0.0
     reward_seconds: float = 0.0

@@ -18,7 +18,7 @@ import functools
 import random as _random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 
@@ -77,6 +77,33 @@ def _sampling(config: AsyncVerlConfig, base: Mapping[str, Any], request: Request
 
 
 _ABORTED = frozenset({"aborted", "abort"})  # vLLM's server says the first, SGLang's the second
+
+
+class _Range(NamedTuple):
+    """The oldest and newest policy versions seen (None: none seen yet)."""
+
+    low: int | None = None
+    high: int | None = None
+
+    def including(self, low: int, high: int) -> _Range:
+        return _Range(low if self.low is None else min(self.low, low), high if self.high is None else max(self.high, high))
+
+    def union(self, other: _Range) -> _Range:
+        if other.low is None or other.high is None:
+            return self
+        return self.including(other.low, other.high)
+
+
+def _versions_of(fields: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The (oldest, newest) versions one answer of verl's reports: its
+    ``min_global_steps`` / ``max_global_steps`` (the fully-async client's
+    range over the resumes it made itself), else its ``global_steps``."""
+    step = fields.get("global_steps")
+    high = fields.get("max_global_steps", step)
+    low = fields.get("min_global_steps", high)
+    if not isinstance(high, int) or isinstance(high, bool):
+        return None, None
+    return (low if isinstance(low, int) and not isinstance(low, bool) else high), high
 _NO_ROOM = ("leaves no room", "maximum context length")
 
 
@@ -135,8 +162,17 @@ def verl_generate(
     hammer a server that is still loading weights.
 
     ``Output.weight_versions`` holds verl's ``global_steps`` for every
-    sampled token (a resumed answer can span two versions) and
-    ``Completion.weight_version`` the newest. Logprobs are returned when
+    sampled token (an answer this transport resumed can span two versions),
+    ``Completion.weight_version`` the newest and ``min_weight_version`` the
+    oldest. A client that resumes aborted requests itself (verl's
+    ``FullyAsyncLLMServerClient``) reports only the range
+    (``min_global_steps`` / ``max_global_steps``): a call whose range spans
+    several versions has no per-token versions (None), since which tokens
+    each version sampled is not known, and the range is kept.
+    ``config.max_model_len`` set, an answer that reaches it without ending
+    on the end-of-turn token is ``"length"`` (verl's server clamps
+    ``max_tokens`` to the context left and calls the cut ``"completed"``).
+    Logprobs are returned when
     ``config.logprobs`` or the request asks for them. verl's refusals are
     typed: :class:`ContextLengthError` when the prompt leaves no room,
     :class:`PermanentError` for other refusals, :class:`TransientError` when
@@ -157,11 +193,12 @@ def verl_generate(
             raise PermanentError("verl's client needs asyncio; on trio, open the transport with open_verl")
         return await asyncio_thread().run(server.generate(request_id, prompt_ids=prompt, sampling_params=params))
 
-    async def sample(request: Request, request_id: str, prompt: list[int], max_tokens: int) -> Output:
+    async def sample(request: Request, request_id: str, prompt: list[int], max_tokens: int) -> tuple[Output, _Range]:
         want_logprobs = config.logprobs or request.logprobs
         tokens: list[int] = []
         logprobs: list[float] | None = []
         versions: list[int] | None = []
+        span = _Range()
         aborts = 0
         while True:
             params = _sampling(config, base, request, max_tokens - len(tokens))
@@ -171,7 +208,7 @@ def verl_generate(
                 raise _error_from(exc) from exc
             aborted = result.stop_reason in _ABORTED
             if aborted and config.on_abort == "retry":  # sampled by old weights: drop it
-                tokens, logprobs, versions = [], [], []
+                tokens, logprobs, versions, span = [], [], [], _Range()
             else:
                 tokens.extend(result.token_ids)
                 if logprobs is not None:
@@ -179,9 +216,12 @@ def verl_generate(
                         logprobs.extend(result.log_probs)
                     else:
                         logprobs = None
-                step = result.extra_fields.get("global_steps")
+                low, high = _versions_of(result.extra_fields)
+                if result.token_ids and high is not None:
+                    span = span.including(low if low is not None else high, high)
                 if versions is not None:
-                    versions = versions + [int(step)] * len(result.token_ids) if isinstance(step, int) else None
+                    # One version for the whole call, or the split is not known.
+                    versions = versions + [high] * len(result.token_ids) if high is not None and low in (None, high) else None
             if not aborted or len(tokens) >= max_tokens:
                 break
             aborts += 1
@@ -193,26 +233,29 @@ def verl_generate(
         if tokens and tokens[-1] == eos:
             finish = "stop"
         elif result.stop_reason == "length" or len(tokens) >= max_tokens:
-            finish = "length"  # verl's server may clamp max_tokens to the context left
+            finish = "length"
+        elif config.max_model_len is not None and len(prompt) + len(tokens) >= config.max_model_len:
+            finish = "length"  # verl's server clamped max_tokens to the context left and said "completed"
         else:
             finish = "stop"
-        return Output(
+        output = Output(
             text=tokenizer.decode(tokens, skip_special_tokens=True),
             finish_reason=finish,
             token_ids=tuple(tokens),
             logprobs=tuple(logprobs) if want_logprobs and logprobs is not None else None,
             weight_versions=tuple(versions) if versions is not None else None,
         )
+        return output, span
 
     async def generate(request: Request) -> Completion:
         prompt = prompt_ids(tokenizer, request)
         max_tokens = request.max_new_tokens if request.max_new_tokens is not None else config.max_new_tokens
         request_id = request.request_id or f"agentfly-{id(request):x}"
-        outputs: tuple[Output, ...]
+        samples: list[tuple[Output, _Range]]
         if request.n == 1:
-            outputs = (await sample(request, request_id, prompt, max_tokens),)
+            samples = [await sample(request, request_id, prompt, max_tokens)]
         else:
-            results: list[Output | None] = [None] * request.n
+            results: list[tuple[Output, _Range] | None] = [None] * request.n
 
             async def one(index: int) -> None:
                 results[index] = await sample(request, request_id, prompt, max_tokens)
@@ -220,13 +263,17 @@ def verl_generate(
             async with anyio.create_task_group() as tg:
                 for index in range(request.n):
                     tg.start_soon(one, index)
-            outputs = tuple(r for r in results if r is not None)
-            assert len(outputs) == request.n  # every sample stored its result or the group raised
-        versions = [v for o in outputs for v in (o.weight_versions or ())]
+            samples = [r for r in results if r is not None]
+            assert len(samples) == request.n  # every sample stored its result or the group raised
+        outputs = tuple(output for output, _ in samples)
+        span = _Range()
+        for _, part in samples:
+            span = span.union(part)
         completion = Completion(
             outputs=outputs,
             usage=Usage(prompt_tokens=len(prompt), completion_tokens=sum(len(o.token_ids or ()) for o in outputs)),
-            weight_version=max(versions) if versions else None,
+            weight_version=span.high,
+            min_weight_version=span.low,
         )
         return with_prompt(completion, request, prompt)
 
