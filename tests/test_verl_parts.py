@@ -4,6 +4,7 @@ verl client, and the conversion to verl's AgentLoopOutput. The real stack
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -349,3 +350,28 @@ def test_rays_sockets_fit_however_deep_the_checkout(tmp_path: Path, deep: bool) 
         if not deep:
             shutil.rmtree(base)
 
+
+def test_a_cluster_gives_back_the_environment_it_changed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """VerlCluster sets TMPDIR, VLLM_HOST_IP, HF_HUB_OFFLINE (and more) for
+    Ray and verl's server; closing it, even after a failed start, restores
+    them: the caller's process keeps its own temp dir and hub settings."""
+    import ray
+
+    from agentfly_min.local.verl_cluster import VerlCluster
+
+    monkeypatch.setenv("TMPDIR", "/callers/own/tmp")
+    monkeypatch.setenv("VLLM_HOST_IP", "10.1.2.3")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    before = dict(os.environ)
+
+    def no_ray(*args: Any, **kwargs: Any) -> None:
+        assert os.environ["VLLM_HOST_IP"] == "127.0.0.1"  # what the cluster runs with
+        raise RuntimeError("no Ray in this test")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(RuntimeError, match="no Ray"):
+        with VerlCluster(model, work_dir=tmp_path / "work"):
+            pass
+    assert dict(os.environ) == before

@@ -72,7 +72,8 @@ class VerlCluster:
     Ray for no GPU; ``"cuda"`` gives the server actor one GPU and vLLM's own
     memory and graph settings; ``engine_kwargs`` are more of vLLM's engine
     arguments (verl's ``rollout.engine_kwargs.vllm``). On exit the agent-loop workers and the actor
-    are killed, Ray is shut down and the engine's shared memory removed.
+    are killed, Ray is shut down, the engine's shared memory removed and the
+    environment variables it set (loopback, temp dir, offline hub) restored.
     """
 
     def __init__(
@@ -103,11 +104,16 @@ class VerlCluster:
         self._managers: list[Any] = []
         self._shm_before: set[str] = set()
         self._ray_dir: Path | None = None
+        self._env_before: dict[str, str | None] = {}
 
     def __enter__(self) -> VerlCluster:
         import ray
 
-        os.environ.update(cpu_environment(self._work_dir, offline=Path(self.model).exists()))
+        # Ray and verl's server read these from the environment; they are
+        # given back as they were when the cluster closes.
+        changes = cpu_environment(self._work_dir, offline=Path(self.model).exists())
+        self._env_before = {key: os.environ.get(key) for key in changes}
+        os.environ.update(changes)
         self._shm_before = shm_entries()
         ray_dir, owned = _ray_temp_dir(self._work_dir)
         self._ray_dir = ray_dir if owned else None
@@ -257,3 +263,9 @@ class VerlCluster:
             # dying worker still holds open must not turn close into an error.
             shutil.rmtree(self._ray_dir, ignore_errors=True)
             self._ray_dir = None
+        for key, value in self._env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._env_before = {}
