@@ -31,6 +31,7 @@ from agentfly_min import (
     run_agent,
     tool,
 )
+from agentfly_min.agent import rollout_stream
 from agentfly_min.rewards import math_reward_string_equal
 from agentfly_min.templates.qwen25 import render
 from agentfly_min.tools import calculator
@@ -266,6 +267,30 @@ async def test_reward_errors_are_recorded_and_async_rewards_awaited() -> None:
     assert bad.reward is None and bad.reward_error == "ZeroDivisionError: bad reward"
     good = await run_agent(Agent(model_name_or_path="m", reward_fn=slow_reward), generate, {"question": "q"})
     assert good.reward == 0.25 and good.reward_error is None
+
+
+async def test_a_slow_synchronous_reward_does_not_hold_the_other_chains() -> None:
+    """A synchronous reward is user code that may compute for a while (a
+    grader, a test run): it runs off the event loop, so one slow reward
+    holds only its own chain. On the loop, 1 s in one chain of 8 held all."""
+    import time
+
+    def reward(trajectory: Trajectory, task: Any) -> float:
+        if task["id"] == "slow":
+            time.sleep(1.0)
+        return 1.0
+
+    generate, _ = text_model(["fine"])
+    agent = Agent(model_name_or_path="m", reward_fn=reward)
+    tasks = [{"id": "slow", "question": "q"}, *({"id": f"t{i}", "question": "q"} for i in range(7))]
+    start = anyio.current_time()
+    finished: dict[str, float] = {}
+    async with rollout_stream(agent, generate, tasks, concurrency=8) as trajectories:
+        async for trajectory in trajectories:
+            finished[trajectory.task_id] = anyio.current_time() - start
+            assert trajectory.reward == 1.0
+    assert max(t for ident, t in finished.items() if ident != "slow") < 0.5, finished
+    assert finished["slow"] >= 1.0
 
 
 async def test_system_prompt_and_openai_messages() -> None:

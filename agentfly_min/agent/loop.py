@@ -21,7 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 import msgspec
@@ -246,6 +246,10 @@ async def _run_tools(
     return messages, kinds
 
 
+def _is_async(function: Callable[..., object]) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(getattr(function, "__call__", None))
+
+
 async def _reward(agent: Agent[Any], trajectory: Trajectory, task: Task) -> Trajectory:
     if agent.reward_fn is None or trajectory.error is not None:
         return trajectory
@@ -253,9 +257,15 @@ async def _reward(agent: Agent[Any], trajectory: Trajectory, task: Task) -> Traj
     error: str | None = None
     reward: float | None = None
     try:
-        value: Any = agent.reward_fn(trajectory, task)
-        if inspect.isawaitable(value):
-            value = await value
+        value: Any
+        if _is_async(agent.reward_fn):
+            value = await cast(Awaitable[float], agent.reward_fn(trajectory, task))
+        else:
+            # Off the event loop: a synchronous reward (a grader, a test run)
+            # may compute for seconds and would hold every other chain.
+            value = await anyio.to_thread.run_sync(agent.reward_fn, trajectory, task)
+            if inspect.isawaitable(value):
+                value = await value
         reward = float(value)
     except Exception as exc:  # noqa: BLE001 - a reward is user code; its failure is recorded, not raised
         error = f"{type(exc).__name__}: {one_line(str(exc))}"
@@ -292,6 +302,7 @@ class _Episode:
         self.servers: list[str] = []
         self.prompt_mismatches: list[tuple[int, int]] = []
         self.versions: list[int] = []
+        self.min_version: int | None = None
         self.turn_seconds: list[float] = []
         self.tool_seconds = 0.0
 
@@ -326,6 +337,8 @@ class _Episode:
         self.reasoning_tokens += completion.usage.reasoning_tokens
         if completion.weight_version is not None:
             self.versions.append(completion.weight_version)
+            oldest = completion.weight_version if completion.min_weight_version is None else completion.min_weight_version
+            self.min_version = oldest if self.min_version is None else min(self.min_version, oldest)
         output = completion.outputs[0]
         if self.tokens is not None and output.token_ids is not None:
             self.token_level = True
@@ -368,6 +381,7 @@ class _Episode:
             session_moves=sum(1 for a, b in zip(self.servers, self.servers[1:], strict=False) if a != b),
             prompt_mismatches=tuple(self.prompt_mismatches),
             weight_versions=tuple(self.versions),
+            min_weight_version=self.min_version,
             turn_seconds=tuple(self.turn_seconds),
             tool_seconds=self.tool_seconds,
         )
