@@ -12,7 +12,7 @@ from .._text import a_or_an
 from .._validation import require
 from ..configs import AsyncVerlConfig, AsyncVLLMConfig, ClientConfig
 from ..errors import ConfigError
-from ..templates import TemplateName, get_template
+from ..templates import Template, TemplateName, get_template
 from ..tools import Tool
 from .trajectory import Trajectory
 
@@ -47,7 +47,9 @@ class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
     ``backend`` and the type of ``backend_config`` must agree
     (``"async_vllm"`` / :class:`AsyncVLLMConfig`, ``"client"`` /
     :class:`ClientConfig`, ``"async_verl"`` / :class:`AsyncVerlConfig`); with no
-    config, the backend's defaults are used. ``max_turns`` bounds model turns
+    config, the backend's defaults are used. ``template`` is a registered
+    template's name or a :class:`~agentfly_min.templates.Template` (one with
+    options applied, say). ``max_turns`` bounds model turns
     per episode, ``max_new_tokens`` the tokens of one turn (None: the
     transport's default), ``max_model_len`` prompt plus response and
     ``max_response_tokens`` the response alone (sampled and spliced-in tokens,
@@ -63,7 +65,7 @@ class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
     model_name_or_path: str
     tools: Sequence[Tool] = ()
     reward_fn: RewardFn | None = None
-    template: TemplateName = "qwen2.5"
+    template: TemplateName | Template = "qwen2.5"
     backend: Backend = "client"
     backend_config: C | None = None
     system_prompt: str | None = None
@@ -84,11 +86,12 @@ class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
         require("Agent.max_prompt_tokens", self.max_prompt_tokens, Annotated[int, Meta(ge=1)] | None)
         require("Agent.logprobs", self.logprobs, bool)
         require("Agent.temperature", self.temperature, Annotated[float, Meta(ge=0.0, le=2.0)] | None)
-        require("Agent.template", self.template, str)
-        try:
-            get_template(self.template)
-        except ConfigError as exc:
-            raise ConfigError("Agent.template", exc.reason) from None
+        if not isinstance(self.template, Template):
+            require("Agent.template", self.template, str)
+            try:
+                get_template(self.template)
+            except ConfigError as exc:
+                raise ConfigError("Agent.template", exc.reason) from None
         require("Agent.backend", self.backend, Backend)
         wanted = _CONFIG_FOR[self.backend]
         if self.backend_config is None:

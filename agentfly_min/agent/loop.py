@@ -288,7 +288,7 @@ class _Episode:
         self.ident = ident
         self.chain_index = chain_index
         self.session = session
-        self.template = get_template(agent.template)
+        self.template = agent.template if isinstance(agent.template, Template) else get_template(agent.template)
         self.tools = {t.name: t for t in agent.tools}
         self.schemas = tuple(t.schema for t in agent.tools)
         self.messages: list[Message] = []

@@ -14,7 +14,7 @@ family is one module that builds its record and registers it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -84,6 +84,9 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
     - ``render(messages, tools)``: the whole conversation as the family's
       own template writes it (text), where there is one; tests use it to
       prove the splices equal a full render.
+    - ``with_options(options)``: the template with the family's own chat
+      template options applied (Qwen3's ``enable_thinking``, say), raising
+      :class:`ConfigError` for one it does not take; None: it takes none.
 
     ``tool_format`` and ``reasoning`` describe the family for people (and
     ``agentfly-min templates``).
@@ -99,6 +102,7 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
     render: Callable[[Sequence[Message], Sequence[ToolSchema]], str] | None = None
     decode: Callable[[Any, Sequence[int]], str] | None = None
     call_id: Callable[[int, int], str] = lambda turn, index: f"call_{turn}_{index}"
+    with_options: Callable[[Mapping[str, Any]], Template] | None = None
 
 
 _REGISTRY: dict[str, Template] = {}

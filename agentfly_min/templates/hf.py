@@ -15,7 +15,7 @@ family's built-in template, which splices without re-rendering.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -26,14 +26,23 @@ from .base import ParsedTurn, Template, Turn, split_reasoning
 from .hermes import parse_tool_calls
 from .qwen25 import encode
 
-__all__ = ["TEMPLATE", "TemplateError", "render_text"]
+__all__ = ["TEMPLATE", "TemplateError", "hf_template", "render_text"]
 
 
 class TemplateError(AgentflyError, ValueError):
     """A chat template cannot be used token-exactly (it rewrites history)."""
 
 
-def render_text(tokenizer: Any, messages: Sequence[Message], tools: Sequence[ToolSchema], *, generation_prompt: bool) -> str:
+def render_text(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    tools: Sequence[ToolSchema],
+    *,
+    generation_prompt: bool,
+    options: Mapping[str, Any] | None = None,
+) -> str:
+    """The conversation through the tokenizer's own chat template;
+    ``options`` are the template's own variables (``enable_thinking``...)."""
     from ..transports._chat import template_messages
 
     text = tokenizer.apply_chat_template(
@@ -41,19 +50,16 @@ def render_text(tokenizer: Any, messages: Sequence[Message], tools: Sequence[Too
         tools=msgspec.to_builtins(tools) or None,
         add_generation_prompt=generation_prompt,
         tokenize=False,
+        **(options or {}),
     )
     if not isinstance(text, str):
         raise TemplateError(f"the tokenizer's chat template rendered {type(text).__name__}, not text")
     return text
 
 
-def _prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> list[int]:
-    return encode(tokenizer, render_text(tokenizer, messages, tools, generation_prompt=True))
-
-
-def _between(tokenizer: Any, turn: Turn) -> list[int]:
-    before = render_text(tokenizer, turn.history, turn.tools, generation_prompt=False)
-    after = render_text(tokenizer, [*turn.history, *turn.results], turn.tools, generation_prompt=True)
+def _between(tokenizer: Any, turn: Turn, options: Mapping[str, Any]) -> list[int]:
+    before = render_text(tokenizer, turn.history, turn.tools, generation_prompt=False, options=options)
+    after = render_text(tokenizer, [*turn.history, *turn.results], turn.tools, generation_prompt=True, options=options)
     if not after.startswith(before):
         at = next((k for k, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), min(len(before), len(after)))
         raise TemplateError(
@@ -78,11 +84,26 @@ def _parse(text: str) -> ParsedTurn:
     return ParsedTurn(content=parsed.content, calls=parsed.calls, reasoning=reasoning)
 
 
-TEMPLATE = Template(
-    name="hf",
-    tool_format="hermes (<tool_call> JSON); name a vLLM parser for others",
-    reasoning="<think> block, if the model writes one",
-    prompt_ids=_prompt_ids,
-    between_ids=_between,
-    parse=_parse,
-)
+def hf_template(options: Mapping[str, Any] | None = None) -> Template:
+    """The bridge, with ``options`` passed to the chat template on every
+    render (verl's ``data.apply_chat_template_kwargs``, say)."""
+    bound = dict(options or {})
+
+    def prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> list[int]:
+        return encode(tokenizer, render_text(tokenizer, messages, tools, generation_prompt=True, options=bound))
+
+    def between_ids(tokenizer: Any, turn: Turn) -> list[int]:
+        return _between(tokenizer, turn, bound)
+
+    return Template(
+        name="hf",
+        tool_format="hermes (<tool_call> JSON); name a vLLM parser for others",
+        reasoning="<think> block, if the model writes one",
+        prompt_ids=prompt_ids,
+        between_ids=between_ids,
+        parse=_parse,
+        with_options=lambda more: hf_template({**bound, **more}),
+    )
+
+
+TEMPLATE = hf_template()

@@ -21,11 +21,12 @@ format's public description; the tests hold it and :func:`render` together.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
 
+from ..errors import ConfigError
 from ..records import Message, ToolSchema
 from .base import ParsedTurn, Template, Turn, split_reasoning
 from .hermes import parse_tool_calls
@@ -156,7 +157,20 @@ def _template(name: str, enable_thinking: bool) -> Template:
         parse=parse,
         check=_check,
         render=full,
+        with_options=_with_options,
     )
+
+
+def _with_options(options: Mapping[str, Any]) -> Template:
+    unknown = sorted(set(options) - {"enable_thinking"})
+    thinking = options.get("enable_thinking", True)
+    if unknown or not isinstance(thinking, bool):
+        raise ConfigError(
+            "template options",
+            f"qwen3 takes enable_thinking (true or false); got {dict(options)!r}. "
+            "template hf passes any option to the model's own chat template",
+        )
+    return THINKING if thinking else NO_THINKING
 
 
 THINKING = _template("qwen3", enable_thinking=True)
