@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(cpu_environment(WORK))
     tempfile.tempdir = None  # re-read TMPDIR
     # Ray worker processes (verl's agent-loop workers) import test helpers
-    # (tests.verl_rewards) by path.
+    # (tests.verl.rewards) by path.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 

@@ -272,38 +272,96 @@ def _trajectory(**fields: Any) -> Trajectory:
 
 
 def test_output_counts_turns_like_verl_and_keeps_versions() -> None:
-    from agentfly_min.integrations.verl import to_agent_loop_output
+    from agentfly_min.integrations.verl import agentfly_record, to_agent_loop_output
 
     out = to_agent_loop_output(_trajectory(), response_length=100, logprobs=True)
     assert out.num_turns == 1 + 3 + 2  # the prompt, three model turns, two rounds of tool results
     assert out.response_logprobs == [-0.1, -0.2, 0.0, 0.0, -0.3, 0.0, -0.4]
     assert out.extra_fields["min_global_steps"] == 4 and out.extra_fields["max_global_steps"] == 5
-    assert out.extra_fields["agentfly_token_versions"] == [4, 4, -1, -1, 5, -1, 5]
-    assert out.extra_fields["agentfly_failed"] is False and out.reward_score == 1.0
+    record = agentfly_record(out.extra_fields)
+    assert record is not None and record["token_versions"] == [4, 4, -1, -1, 5, -1, 5]
+    assert record["failed"] is False and out.reward_score == 1.0
     cut = to_agent_loop_output(_trajectory(), response_length=3, logprobs=False)
     assert cut.response_ids == [10, 11, 90] and cut.response_mask == [1, 1, 0] and cut.response_logprobs is None
     assert cut.extra_fields["min_global_steps"] == cut.extra_fields["max_global_steps"] == 4  # only tokens kept count
+    # Known only as a range (verl's fully-async client): the range, not the newest on every token.
+    ranged = to_agent_loop_output(_trajectory(response_versions=None, min_weight_version=3), response_length=100, logprobs=True)
+    assert (ranged.extra_fields["min_global_steps"], ranged.extra_fields["max_global_steps"]) == (3, 5)
 
 
-def test_a_failed_episode_is_a_marked_row_not_an_empty_one() -> None:
+def test_our_rows_add_no_column_verls_rows_lack() -> None:
+    """verl's legacy _postprocess makes a column of every extra_fields key in
+    a chunk and DataProto.concat asserts the chunks' columns agree: a key
+    only our rows have breaks a batch whose chunks mix rows differently. Our
+    record rides in `extras`, a key verl gives every row, and our rows carry
+    the keys of the server's answers."""
     from agentfly_min.integrations.verl import to_agent_loop_output
+
+    server = {"global_steps": 5, "num_cached_tokens": 0, "min_global_steps": 5, "max_global_steps": 5}
+    out = to_agent_loop_output(_trajectory(), response_length=100, logprobs=True, server_fields=server)
+    verls_row_keys = {*server, "turn_scores", "tool_rewards"}  # single_turn_agent: the server's fields and these
+    verls_default_keys = {"turn_scores", "tool_rewards", "min_global_steps", "max_global_steps", "extras"}  # _postprocess
+    assert set(out.extra_fields) <= verls_row_keys | verls_default_keys
+    assert set(out.extra_fields) >= verls_row_keys
+    unsent = to_agent_loop_output(_trajectory(error="ConfigError: x"), response_length=100, logprobs=True)
+    assert set(unsent.extra_fields) >= verls_row_keys  # no answer came back: the keys are still there
+    scored = to_agent_loop_output(_trajectory(), response_length=100, logprobs=True, reward_extra_info=True)
+    assert scored.extra_fields["reward_extra_info"] == {"acc": 1.0}  # verl's naive manager for a float score
+
+
+def test_a_failed_episode_keeps_its_prompt_trains_nothing_and_says_why() -> None:
+    from agentfly_min.integrations.verl import agentfly_record, to_agent_loop_output
 
     remote = "TransientError: verl aborted\x1b[31m\n  File 'a.py', line 1\n  File 'b.py', line 2\nRayTaskError: boom\x1b[0m"
     failed = _trajectory(error=remote, reward=None, finish_reason="error")
     out = to_agent_loop_output(failed, response_length=100, logprobs=True)
-    assert out.prompt_ids == [1, 2, 3] and out.response_ids == list(failed.response_ids)
-    assert out.response_mask == [0] * 7 and out.response_logprobs == [0.0] * 7
-    assert out.reward_score == 0.0  # keeps the batch's rm_scores; the mask keeps it out of the loss
-    assert out.extra_fields["agentfly_failed"] is True
-    error = out.extra_fields["agentfly_error"]
+    # An empty response: verl counts it in response/aborted_ratio and keeps it
+    # out of its score and length metrics; no token of it trains.
+    assert out.prompt_ids == [1, 2, 3] and out.response_ids == [] and out.response_mask == []
+    assert out.response_logprobs == []
+    assert out.reward_score == 0.0  # keeps the batch's rm_scores
+    record = agentfly_record(out.extra_fields)
+    assert record is not None and record["failed"] is True and record["response_tokens"] == 7
+    error = record["error"]
     assert error.startswith("TransientError: verl aborted") and error.endswith("RayTaskError: boom")
     assert "\n" not in error and "\x1b" not in error
     # With verl's reward manager scoring (no reward of ours), the score is left to it.
     assert to_agent_loop_output(failed, response_length=100, logprobs=False, owns_reward=False).reward_score is None
     raising = to_agent_loop_output(_trajectory(reward=None, reward_error="KeyError: 'answer'"), response_length=100, logprobs=True)
-    assert raising.extra_fields["agentfly_failed"] is True and raising.response_mask == [0] * 7
+    assert (agentfly_record(raising.extra_fields) or {})["failed"] is True and raising.response_mask == []
     missing = to_agent_loop_output(_trajectory(response_logprobs=None), response_length=100, logprobs=True)
-    assert missing.extra_fields["agentfly_failed"] is True and "no logprobs" in missing.extra_fields["agentfly_error"]
+    assert "no logprobs" in (agentfly_record(missing.extra_fields) or {})["error"]
+
+
+def test_masked_failed_rows_stay_out_of_their_groups_statistics() -> None:
+    """Three correct rows and one failed, masked row in one GRPO group. verl's
+    own GRPO counts the failed row's 0 in the group's mean and std (+0.5 to
+    each correct row); verl's compute_advantage with agentfly_grpo gives the
+    correct rows what verl's GRPO gives them without the failed row (0)."""
+    import numpy as np
+    import torch
+    from verl.protocol import DataProto
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    import agentfly_min.integrations.verl  # noqa: F401 - registers agentfly_grpo with verl
+
+    def batch(rows: int) -> Any:
+        mask = torch.ones(rows, 4, dtype=torch.int64)
+        rewards = torch.zeros(rows, 4)
+        rewards[:3, 3] = 1.0
+        if rows == 4:
+            mask[3] = 0  # the failed row: nothing of it trains
+        return DataProto.from_dict(
+            tensors={"token_level_rewards": rewards, "response_mask": mask},
+            non_tensors={"uid": np.array(["g"] * rows, dtype=object)},
+        )
+
+    alone = compute_grpo_outcome_advantage(batch(3).batch["token_level_rewards"], batch(3).batch["response_mask"], batch(3).non_tensor_batch["uid"])[0]
+    plain = compute_advantage(batch(4), adv_estimator="grpo").batch["advantages"]
+    ours = compute_advantage(batch(4), adv_estimator="agentfly_grpo").batch["advantages"]
+    assert plain[:3, 3].tolist() == pytest.approx([0.5] * 3, abs=1e-4)  # the bias
+    assert torch.equal(ours[:3], alone) and bool((ours[3] == 0).all())
 
 
 async def test_a_full_context_ends_the_episode_with_context(bridge: Bridge) -> None:
@@ -375,3 +433,89 @@ def test_a_cluster_gives_back_the_environment_it_changed(monkeypatch: pytest.Mon
         with VerlCluster(model, work_dir=tmp_path / "work"):
             pass
     assert dict(os.environ) == before
+
+
+# --- the loop as verl builds it (hydra's keyword arguments), no Ray ------------
+
+
+def _loop(model: Path, hf_model_type: str | None, *overrides: str, **entry: Any) -> Any:
+    """Our loop made as verl's worker makes it: the composed trainer config
+    (what main_ppo reads), the model's tokenizer as verl loads it, and the
+    YAML entry's keys."""
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
+    from verl.workers.config.model import HFModelConfig
+
+    from agentfly_min.integrations.verl import AgentflyAgentLoop
+    from agentfly_min.local.verl_cluster import trainer_config
+
+    config = trainer_config(model, max_model_len=1024, overrides=overrides)
+    tokenizer = HFModelConfig(path=str(model)).tokenizer
+    return AgentflyAgentLoop(
+        trainer_config=DictConfigWrap(config), server_manager=None, tokenizer=tokenizer, processor=None,
+        dataset_cls=None, data_config=DictConfigWrap(config.data), hf_model_type=hf_model_type,
+        tools=ToolListWrap([]), **entry,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def families() -> dict[str, Path]:
+    from agentfly_min.testing import tiny_model
+
+    from .conftest import CACHE
+
+    return {family: tiny_model(CACHE, family=family) for family in ("qwen2.5", "qwen3", "llama3", "mistral")}
+
+
+@pytest.mark.parametrize(
+    ("family", "model_type", "expected"),
+    [("qwen2.5", "qwen2", "qwen2.5"), ("qwen3", "qwen3", "qwen3"), ("llama3", "llama", "llama3"), ("mistral", "mistral", "mistral")],
+)
+def test_the_loop_takes_the_models_own_family(families: dict[str, Path], family: str, model_type: str, expected: str) -> None:
+    """The loop rendered Qwen2.5 for every model: a Llama 3 tokenizer failed
+    every row, a Qwen3 model got Qwen2.5's default system text."""
+    assert _loop(families[family], model_type).template.name == expected
+
+
+def test_verls_chat_template_kwargs_and_the_yaml_choose_the_template(families: dict[str, Path]) -> None:
+    nothink = _loop(families["qwen3"], "qwen3", "+data.apply_chat_template_kwargs.enable_thinking=false")
+    assert nothink.template.name == "qwen3-nothink"  # verl's data.apply_chat_template_kwargs, no longer ignored
+    named = _loop(families["qwen3"], "qwen3", template="qwen3", template_options={"enable_thinking": False})
+    assert named.template.name == "qwen3-nothink"
+    assert _loop(families["qwen2.5"], "qwen2", template="hf").template.name == "hf"
+    with pytest.raises(ConfigError, match="llama3 template takes no options"):
+        _loop(families["llama3"], "llama", "+data.apply_chat_template_kwargs.enable_thinking=false")
+
+
+def test_a_template_not_known_verbatim_goes_to_the_bridge_not_to_a_lookalike(families: dict[str, Path], tmp_path: Path) -> None:
+    """A Qwen2.5-Math-like model: Qwen2.5's tokens, another default system
+    text. Recognised by likeness it would get Qwen2.5's text; it gets its own
+    template through the bridge."""
+    from transformers import AutoTokenizer
+
+    from agentfly_min.templates.select import recognise
+
+    tokenizer = AutoTokenizer.from_pretrained(str(families["qwen2.5"]))
+    assert recognise(tokenizer) == "qwen2.5"
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", "Please reason step by step."
+    )
+    assert recognise(tokenizer) == "hf"
+    assert recognise(tokenizer, model_type="gpt_oss") == "gpt-oss"
+
+
+def test_unknown_yaml_keys_are_errors_that_name_them(families: dict[str, Path]) -> None:
+    """Unknown YAML keys vanished into **kwargs (a typo such as max_turn was
+    silently the default)."""
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) max_turn, temprature"):
+        _loop(families["qwen2.5"], "qwen2", max_turn=3, temprature=0.5)
+
+
+def test_partial_rollouts_off_means_an_abort_is_not_resumed(families: dict[str, Path]) -> None:
+    model = families["qwen2.5"]
+    assert _loop(model, "qwen2").abort.on_abort == "resume"
+    off = "+async_training.partial_rollout=false"
+    assert _loop(model, "qwen2", off).abort.on_abort == "error"  # verl drops such samples; ours fail, not resume
+    assert _loop(model, "qwen2", off, on_abort="retry").abort.on_abort == "retry"
+    with pytest.raises(ConfigError, match="partial_rollout: false forbids"):
+        _loop(model, "qwen2", off, on_abort="resume")
+    assert _loop(model, "qwen2").abort.max_model_len == 1024  # verl's server context: its clamps are read

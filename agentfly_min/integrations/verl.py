@@ -1,14 +1,17 @@
 """agentfly_min agents inside verl's trainer, as an ``AgentLoopBase``.
 
-verl runs agent loops in Ray worker processes (``AgentLoopWorker``) and
-builds one loop per dataset row with ``hydra.utils.instantiate``. Two ways to
-name this loop there, both checked through verl's own ``AgentLoopManager``:
+verl runs agent loops in Ray worker processes and builds one loop per
+dataset row with ``hydra.utils.instantiate``, on both of its trainer paths:
+the default one (``python -m verl.trainer.main_ppo``, ``trainer.use_v1:
+true``: ``AgentLoopManagerTQ`` / ``AgentLoopWorkerTQ`` over TransferQueue)
+and the legacy one (``AgentLoopManager`` / ``AgentLoopWorker``). Two ways to
+name this loop there:
 
 - by its registered name, ``agent_name: agentfly_min`` in the data: the
   package declares a ``verl.plugins`` entry point, which verl loads whenever
-  it is imported (every worker process included), so installing
-  agentfly_min is all it takes;
-- by an entry in verl's agent-loop YAML, with our tools, reward and limits::
+  it is imported (every worker process included);
+- by an entry in verl's agent-loop YAML, with our tools, reward, limits and
+  template::
 
     # agent_loops.yaml  (rollout.agent.agent_loop_config_path)
     - name: agentfly_math
@@ -17,47 +20,101 @@ name this loop there, both checked through verl's own ``AgentLoopManager``:
       reward: agentfly_min.rewards.math_reward_string_equal
       max_turns: 4
 
-  The tools key is ``agent_tools``: verl passes its own tool list to every
-  loop under ``tools``, which would override a ``tools`` key here (so one
-  is refused, with a message).
+  A key the loop does not take is an error naming it. The tools key is
+  ``agent_tools``: verl passes its own tool list to every loop under
+  ``tools``.
 
-What the loop returns follows verl's own loops: the prompt is capped to
-``rollout.prompt_length`` (its start cut, as verl cuts it), the response to
-``rollout.response_length``; logprobs are requested and returned exactly
-when ``rollout.calculate_log_probs`` is on; ``num_turns`` counts the prompt,
-the model turns and the tool-result turns; the reward goes to
-``reward_score`` (verl's ``rm_scores``). A failed episode is a marked row,
-never a silent empty one: its prompt ids are kept, its ``response_mask`` is
-all 0 (no token of it trains the policy), its ``reward_score`` is 0.0 when
-this loop computes rewards, and ``extra_fields`` carries
-``agentfly_failed=True`` and a one-line ``agentfly_error``.
+The template is the YAML's ``template`` (with ``template_options``, over
+verl's ``data.apply_chat_template_kwargs``), else the one recognised from the
+model's tokenizer (:func:`~agentfly_min.templates.select.recognise`: the
+family whose upstream template the tokenizer carries, else the model's own
+template through the bridge), never Qwen2.5's by default.
+
+A failed episode (a transport failure after its retries, a reward that
+raised, logprobs that did not come back, sampling parameters out of range)
+never trains and never biases its group. ``on_failure`` says how:
+
+- ``"drop"``: ``run`` raises :class:`EpisodeFailed`, and verl handles the
+  row as it handles one of its own loops that raised. On the v1 trainer the
+  prompt group is marked ``failure``: in ``sync`` mode the group trains
+  without the row (its GRPO statistics are those of the rows that
+  finished), in the async modes the group is evicted and refilled and
+  counted in ``training/rollout_failure/evicted_samples``. The legacy
+  worker has no failure handling: a raise ends the step.
+- ``"mask"``: a marked row: prompt kept, response empty, ``response_mask``
+  empty, ``reward_score`` 0.0 when this loop owns the reward. verl counts
+  it in ``response/aborted_ratio`` and keeps it out of its score and length
+  metrics, and none of its tokens trains; verl's GRPO still counts its score
+  in the group's mean and std, so pair it with ``algorithm.adv_estimator=
+  agentfly_grpo`` (:func:`grpo_without_failed`, registered by this module).
+- ``"auto"`` (the default): ``"drop"`` under v1's worker (which passes each
+  session's index), ``"mask"`` under the legacy one.
+
+Every row carries our record in ``extra_fields["extras"]["agentfly"]``
+(``failed``, ``error``, ``finish_reason``, token versions...): ``extras`` is
+one of the keys verl's legacy ``_postprocess`` gives every row, so the
+record adds no column that verl's own rows lack (a column only some chunks
+have breaks ``DataProto.concat`` across agent-loop workers). For the same
+reason a row carries the keys the server put in its ``extra_fields``, and,
+where verl's reward-loop workers score rows and this loop owns the reward,
+``reward_extra_info`` as verl's naive reward manager writes one for a float
+score (``{"acc": reward}``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import hydra.utils
+import numpy as np
+import torch
+from omegaconf import OmegaConf
 from verl.experimental.agent_loop.agent_loop import (
     AgentLoopBase,
     AgentLoopMetrics,
     AgentLoopOutput,
+    DictConfigWrap,
     _agent_loop_registry,
     register,
 )
+from verl.trainer.ppo import core_algos
 
 from .._text import one_line
 from ..agent import Agent, RewardFn, Trajectory, run_agent
 from ..configs import AsyncVerlConfig
-from ..errors import ConfigError
+from ..errors import AgentflyError, ConfigError
+from ..records import Completion, Generate, Request
+from ..templates import Template
+from ..templates.select import resolve_template
 from ..tools import Tool
-from ..transports.verl import VerlServer, VerlTokenizer, open_verl
+from ..transports.verl import VerlServer, VerlTokenizer, VerlTokenOutput, open_verl
 
-__all__ = ["AgentflyAgentLoop", "to_agent_loop_output", "task_from_row"]
+__all__ = [
+    "AgentflyAgentLoop",
+    "EpisodeFailed",
+    "OnFailure",
+    "agentfly_record",
+    "grpo_without_failed",
+    "task_from_row",
+    "to_agent_loop_output",
+]
+
+OnFailure = Literal["auto", "drop", "mask"]
 
 # Keys of verl's sampling_params that AsyncVerlConfig carries itself.
 _OURS = frozenset({"temperature", "top_p", "top_k", "logprobs", "max_tokens", "max_new_tokens"})
+
+# What verl's vLLM server puts in every answer's extra_fields (and its client
+# adds), for a row whose episode failed before any call: its columns must
+# match the other rows'.
+_SERVER_KEYS = ("global_steps", "num_cached_tokens", "min_global_steps", "max_global_steps")
+
+
+class EpisodeFailed(AgentflyError, RuntimeError):
+    """Raised by :meth:`AgentflyAgentLoop.run` for a failed episode when it
+    is to be dropped (``on_failure``); the message is the one-line error."""
 
 
 def task_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -78,8 +135,24 @@ def task_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return task
 
 
+def _failure(trajectory: Trajectory, logprobs: bool) -> str | None:
+    if trajectory.error is not None:
+        return trajectory.error
+    if trajectory.reward_error is not None:
+        return f"reward: {trajectory.reward_error}"
+    if logprobs and trajectory.response_ids and trajectory.response_logprobs is None:
+        return "the transport returned no logprobs, though verl asked for them"
+    return None
+
+
 def to_agent_loop_output(
-    trajectory: Trajectory, *, response_length: int, logprobs: bool, owns_reward: bool = True
+    trajectory: Trajectory,
+    *,
+    response_length: int,
+    logprobs: bool,
+    owns_reward: bool = True,
+    server_fields: Mapping[str, Any] | None = None,
+    reward_extra_info: bool = False,
 ) -> AgentLoopOutput:
     """verl's record of a trajectory.
 
@@ -87,59 +160,110 @@ def to_agent_loop_output(
     them; ``response_logprobs`` is a list exactly when ``logprobs`` (verl's
     ``calculate_log_probs``), since verl stacks the batch's logprobs and a
     mix of lists and None breaks it. A failed trajectory (an error, a reward
-    that raised, logprobs missing) is marked, not dropped: mask all 0,
-    ``reward_score`` 0.0 if ``owns_reward`` (so the batch keeps its
-    ``rm_scores``), ``agentfly_failed`` and a one-line ``agentfly_error``.
+    that raised, logprobs missing) keeps its prompt and gets an empty
+    response, ``reward_score`` 0.0 if ``owns_reward`` (so the batch keeps
+    its ``rm_scores``) and our record says why (:func:`agentfly_record`).
     ``num_turns`` counts as verl's tool agent counts: the prompt, the model
-    turns and the tool-result turns.
+    turns and the tool-result turns. ``server_fields`` are the last answer's
+    ``extra_fields`` (their keys are every verl row's columns);
+    ``reward_extra_info`` adds verl's reward-worker field for our reward.
     """
-    response_ids = list(trajectory.response_ids[:response_length])
-    error = trajectory.error or (f"reward: {trajectory.reward_error}" if trajectory.reward_error else None)
-    sampled_logprobs = trajectory.response_logprobs
-    if error is None and logprobs and response_ids and sampled_logprobs is None:
-        error = "the transport returned no logprobs, though verl asked for them"
+    error = _failure(trajectory, logprobs)
     failed = error is not None
-    mask = [0] * len(response_ids) if failed else list(trajectory.response_mask[:response_length])
+    kept = 0 if failed else min(len(trajectory.response_ids), response_length)
+    response_ids = list(trajectory.response_ids[:kept])
     response_logprobs: list[float] | None = None
     if logprobs:
-        if failed or sampled_logprobs is None:
-            response_logprobs = [0.0] * len(response_ids)
-        else:
-            response_logprobs = list(sampled_logprobs[:response_length])
-    reward = trajectory.reward
-    if failed and owns_reward:
-        reward = 0.0
-    token_versions = None if trajectory.response_versions is None else list(trajectory.response_versions[:response_length])
-    # The versions of the tokens kept (sampled ones; -1 marks spliced ones).
-    versions = [v for v in token_versions or () if v >= 0] or list(trajectory.weight_versions)
-    metrics = AgentLoopMetrics(
-        generate_sequences=sum(trajectory.turn_seconds),
-        tool_calls=trajectory.tool_seconds,
-        compute_score=trajectory.reward_seconds,
+        response_logprobs = list((trajectory.response_logprobs or ())[:kept])
+    reward = 0.0 if failed and owns_reward else trajectory.reward
+    token_versions = None if trajectory.response_versions is None else list(trajectory.response_versions[:kept])
+    # The versions of the tokens kept (sampled ones; -1 marks spliced ones),
+    # else the episode's range as the transport knew it.
+    sampled = [v for v in token_versions or () if v >= 0]
+    newest = max(sampled) if sampled else max(trajectory.weight_versions, default=None)
+    oldest = min(sampled) if sampled else trajectory.min_weight_version
+    fields: dict[str, Any] = {key: None for key in _SERVER_KEYS}
+    fields.update(server_fields or {})
+    fields.update(
+        turn_scores=[],
+        tool_rewards=[],
+        global_steps=newest,
+        min_global_steps=oldest,
+        max_global_steps=newest,
+        extras={
+            "agentfly": {
+                "failed": failed,
+                "error": one_line(error) if error is not None else None,
+                "finish_reason": trajectory.finish_reason,
+                "reward_error": trajectory.reward_error,
+                "tool_errors": trajectory.tool_errors,
+                "prompt_tokens_dropped": trajectory.prompt_tokens_dropped,
+                "token_versions": token_versions,
+                "response_tokens": len(trajectory.response_ids),
+            }
+        },
     )
+    if reward_extra_info and reward is not None:
+        fields["reward_extra_info"] = {"acc": reward}
     return AgentLoopOutput(
         prompt_ids=list(trajectory.prompt_ids),
         response_ids=response_ids,
-        response_mask=mask,
+        response_mask=list(trajectory.response_mask[:kept]),
         response_logprobs=response_logprobs,
         reward_score=reward,
         num_turns=1 + trajectory.num_turns + trajectory.tool_rounds,
-        metrics=metrics,
-        extra_fields={
-            "turn_scores": [],
-            "tool_rewards": [],
-            "global_steps": max(versions) if versions else None,
-            "min_global_steps": min(versions) if versions else None,
-            "max_global_steps": max(versions) if versions else None,
-            "agentfly_failed": failed,
-            "agentfly_error": one_line(error) if error is not None else None,
-            "agentfly_finish_reason": trajectory.finish_reason,
-            "agentfly_reward_error": trajectory.reward_error,
-            "agentfly_tool_errors": trajectory.tool_errors,
-            "agentfly_prompt_tokens_dropped": trajectory.prompt_tokens_dropped,
-            "agentfly_token_versions": token_versions,
-        },
+        metrics=AgentLoopMetrics(
+            generate_sequences=sum(trajectory.turn_seconds),
+            tool_calls=trajectory.tool_seconds,
+            compute_score=trajectory.reward_seconds,
+        ),
+        extra_fields=fields,
     )
+
+
+def agentfly_record(extra: Any) -> dict[str, Any] | None:
+    """Our record from a row's ``extra_fields`` or its ``extras`` value
+    (None for a row of another loop)::
+
+        extras = batch.non_tensor_batch["extras"]   # the legacy trainer's batch
+        failed = np.array([bool((agentfly_record(e) or {}).get("failed")) for e in extras])
+    """
+    if isinstance(extra, Mapping) and "extras" in extra:
+        extra = extra["extras"]
+    record = extra.get("agentfly") if isinstance(extra, Mapping) else None
+    return dict(record) if isinstance(record, Mapping) else None
+
+
+@core_algos.register_adv_est("agentfly_grpo")
+def grpo_without_failed(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray[Any, Any],
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool = True,
+    config: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl's GRPO (``compute_grpo_outcome_advantage``) over the rows that
+    have a sampled token, so a row that trains nothing (a failed episode kept
+    as a masked row, an aborted sample) does not enter its group's mean and
+    std; such rows get advantage 0. Registered with verl as
+    ``algorithm.adv_estimator=agentfly_grpo``."""
+    if config is not None and hasattr(config, "get"):
+        norm_adv_by_std_in_grpo = bool(config.get("norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo))
+    live = response_mask.sum(dim=-1) > 0
+    advantages = torch.zeros_like(token_level_rewards)
+    if bool(live.any()):
+        rows = torch.nonzero(live).squeeze(-1)
+        kept, _ = core_algos.compute_grpo_outcome_advantage(
+            token_level_rewards=token_level_rewards[rows],
+            response_mask=response_mask[rows],
+            index=np.asarray(index, dtype=object)[rows.numpy()],
+            epsilon=epsilon,
+            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+        )
+        advantages[rows] = kept.to(advantages.dtype)
+    return advantages, advantages
 
 
 def _load(path: str, what: str) -> Any:
@@ -147,6 +271,49 @@ def _load(path: str, what: str) -> Any:
         return hydra.utils.get_object(str(path))
     except Exception as exc:  # noqa: BLE001 - hydra raises several kinds for a bad path; all mean the same
         raise ConfigError(f"AgentflyAgentLoop.{what}", f"cannot import {path!r}: {one_line(str(exc))}") from None
+
+
+class _Recording:
+    """verl's client, keeping the ``extra_fields`` of the last answer."""
+
+    def __init__(self, inner: VerlServer) -> None:
+        self.inner = inner
+        self.fields: dict[str, Any] = {}
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any]) -> VerlTokenOutput:
+        output = await self.inner.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
+        self.fields = dict(output.extra_fields)
+        return output
+
+
+@functools.cache
+def _context_of(model_path: str) -> int | None:
+    """The context verl's server gives a model when ``rollout.max_model_len``
+    is unset: its ``max_position_embeddings``, as verl reads it."""
+    from transformers import AutoConfig
+    from verl.workers.rollout.utils import get_max_position_embeddings
+
+    try:
+        return int(get_max_position_embeddings(AutoConfig.from_pretrained(model_path)))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _abort_policy(config: Any, on_abort: str | None) -> Literal["resume", "retry", "error"]:
+    """``on_abort`` as given, else from verl's ``async_training.partial_rollout``
+    (fully-async training): with partial rollouts off, verl drops a sample
+    that an abort interrupted, so its tokens are not resumed (``"error"``)."""
+    partial = OmegaConf.select(config, "async_training.partial_rollout", default=True)
+    if on_abort is None:
+        return "resume" if partial else "error"
+    if on_abort == "resume" and not partial:
+        raise ConfigError(
+            "AgentflyAgentLoop.on_abort",
+            "on_abort: resume continues samples across weight updates, which async_training.partial_rollout: false forbids",
+        )
+    if on_abort not in ("resume", "retry", "error"):
+        raise ConfigError("AgentflyAgentLoop.on_abort", f"must be resume, retry or error, not {on_abort!r}")
+    return on_abort  # type: ignore[return-value]  # checked just above
 
 
 @register("agentfly_min")
@@ -157,53 +324,86 @@ class AgentflyAgentLoop(AgentLoopBase):
     paths of :class:`~agentfly_min.Tool` objects), ``reward`` (import path
     of a reward function, or null to leave scoring to verl's reward
     manager), ``max_turns``, ``max_new_tokens`` (per model turn),
-    ``system_prompt``, ``on_abort``, ``max_aborts``. verl's own ``tools``
-    (its ``multi_turn`` tool config, passed to every loop) are not used.
-    The rollout's ``prompt_length`` caps the prompt and ``response_length``
-    bounds the response (sampled and spliced-in tokens together).
+    ``system_prompt``, ``template`` and ``template_options``, ``on_abort``
+    (default: resume, or error under ``async_training.partial_rollout:
+    false``), ``max_aborts``, ``on_failure``. Any other key is a
+    :class:`ConfigError` naming it. The rollout's ``prompt_length`` caps the
+    prompt, ``response_length`` bounds the response (sampled and spliced-in
+    tokens together) and its context (``max_model_len``, else the model's)
+    bounds both.
     """
 
     def __init__(
         self,
-        *args: Any,
+        trainer_config: DictConfigWrap,
+        server_manager: Any,
+        tokenizer: Any,
+        processor: Any,
+        dataset_cls: Any,
+        data_config: DictConfigWrap,
+        hf_model_type: str | None = None,
+        *,
+        tools: Any = None,
+        name: str | None = None,
         agent_tools: Sequence[str] = ("agentfly_min.tools.calculator",),
         reward: str | None = "agentfly_min.rewards.math_reward_string_equal",
         max_turns: int = 4,
         max_new_tokens: int | None = None,
         system_prompt: str | None = None,
-        on_abort: Literal["resume", "retry", "error"] = "resume",
+        template: str | None = None,
+        template_options: Mapping[str, Any] | None = None,
+        on_abort: str | None = None,
         max_aborts: int = 16,
-        tools: Any = None,
-        name: str | None = None,
-        **kwargs: Any,
+        on_failure: str = "auto",
+        **unknown: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
-        del tools  # verl's tool list, for its own tool agent
-        entry = _agent_loop_registry.get(name) if name is not None else None
-        if entry is not None and "tools" in entry:
+        entry = f"agent loop {name or 'agentfly_min'}"
+        # verl passes its own tool list as `tools`, which silently replaces a
+        # `tools` key of the YAML entry: look at the entry itself.
+        if name is not None and "tools" in _agent_loop_registry.get(name, {}):
+            raise ConfigError(entry, "verl overrides a `tools` key with its own tool list; name agentfly_min tools under `agent_tools`")
+        if unknown:
             raise ConfigError(
-                f"agent loop {name}",
-                "verl overrides a `tools` key with its own tool list; name agentfly_min tools under `agent_tools`",
+                entry,
+                f"unknown key(s) {', '.join(sorted(unknown))}; it takes agent_tools, reward, max_turns, max_new_tokens, "
+                "system_prompt, template, template_options, on_abort, max_aborts, on_failure",
             )
+        del tools  # verl's tool list, for its own tool agent
+        super().__init__(trainer_config, server_manager, tokenizer, processor, dataset_cls, data_config, hf_model_type)
         loaded = [_load(path, "agent_tools") for path in agent_tools]
         for path, item in zip(agent_tools, loaded, strict=True):
             if not isinstance(item, Tool):
                 raise ConfigError("AgentflyAgentLoop.agent_tools", f"{path} is not an agentfly_min Tool (decorate it with @tool)")
+        if on_failure not in ("auto", "drop", "mask"):
+            raise ConfigError("AgentflyAgentLoop.on_failure", f"must be auto, drop or mask, not {on_failure!r}")
+        self.on_failure: OnFailure = on_failure  # type: ignore[assignment]  # checked just above
         reward_fn: RewardFn | None = _load(reward, "reward") if reward else None
         self.response_length = int(self.rollout_config.response_length)
         self.prompt_length = int(self.rollout_config.prompt_length)
-        self.abort = AsyncVerlConfig(on_abort=on_abort, max_aborts=max_aborts)
+        context = self.rollout_config.get("max_model_len") or _context_of(str(self.config.actor_rollout_ref.model.path))
+        self.max_model_len = int(context) if context else None
+        self.abort = AsyncVerlConfig(
+            on_abort=_abort_policy(self.config, on_abort), max_aborts=max_aborts, max_model_len=self.max_model_len
+        )
+        options = {**dict(self.apply_chat_template_kwargs or {}), **dict(template_options or {})}
+        self.template: Template = resolve_template(template, tokenizer=tokenizer, model_type=hf_model_type, options=options)
+        # verl's reward-loop workers score every row in the loop's worker
+        # when there is no reward model, or one with its own resources.
+        reward_model = self.config.get("reward", {}).get("reward_model", {})
+        self.reward_workers = not reward_model.get("enable", False) or bool(reward_model.get("enable_resource_pool", False))
 
         def agent(logprobs: bool) -> Agent[Any]:
             return Agent(
                 model_name_or_path=str(getattr(self.tokenizer, "name_or_path", "") or "verl"),
                 tools=loaded,
                 reward_fn=reward_fn,
+                template=self.template,
                 backend="async_verl",
                 backend_config=self.abort,
                 system_prompt=system_prompt,
                 max_turns=max_turns,
                 max_new_tokens=max_new_tokens,
+                max_model_len=self.max_model_len,
                 max_response_tokens=self.response_length,
                 max_prompt_tokens=self.prompt_length,
                 logprobs=logprobs,
@@ -213,18 +413,44 @@ class AgentflyAgentLoop(AgentLoopBase):
         agent(False)  # a bad value fails here, when verl builds the loop
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
-        server: VerlServer = self.server_manager
         tokenizer: VerlTokenizer = self.tokenizer
         # verl sets "logprobs" from rollout.calculate_log_probs for every loop of the batch.
         logprobs = bool(sampling_params.get("logprobs", False))
-        config = _config_from(self.abort, sampling_params, self.response_length, logprobs)
-        passthrough = {k: v for k, v in sampling_params.items() if k not in _OURS}
         agent = self._agent(logprobs)
-        async with open_verl(config, server, tokenizer, sampling_params=passthrough) as generate:
-            trajectory = await run_agent(agent, generate, task_from_row(kwargs), tokenizer=self.tokenizer)
-        return to_agent_loop_output(
-            trajectory, response_length=self.response_length, logprobs=logprobs, owns_reward=agent.reward_fn is not None
+        server = _Recording(self.server_manager)
+        task = task_from_row(kwargs)
+        try:
+            config = _config_from(self.abort, sampling_params, self.response_length, logprobs)
+        except ConfigError as exc:  # verl's sampling parameters: this row fails, not the step
+            trajectory = await run_agent(agent, _refusing(exc), task, tokenizer=self.tokenizer)
+        else:
+            passthrough = {k: v for k, v in sampling_params.items() if k not in _OURS}
+            async with open_verl(config, server, tokenizer, sampling_params=passthrough) as generate:
+                trajectory = await run_agent(agent, generate, task, tokenizer=self.tokenizer)
+        output = to_agent_loop_output(
+            trajectory,
+            response_length=self.response_length,
+            logprobs=logprobs,
+            owns_reward=agent.reward_fn is not None,
+            server_fields=server.fields,
+            reward_extra_info=self.reward_workers and agent.reward_fn is not None,
         )
+        record = agentfly_record(output.extra_fields) or {}
+        # v1's worker passes each session's index; the legacy one does not.
+        drop = self.on_failure == "drop" or (self.on_failure == "auto" and "session_id" in kwargs)
+        if drop and record.get("failed"):
+            raise EpisodeFailed(str(record.get("error")))
+        return output
+
+
+def _refusing(error: ConfigError) -> Generate:
+    """A transport that refuses every request with ``error``: the episode
+    still renders its prompt, so the failed row keeps it."""
+
+    async def generate(request: Request) -> Completion:
+        raise error
+
+    return generate
 
 
 def _config_from(base: AsyncVerlConfig, sampling_params: Mapping[str, Any], response_length: int, logprobs: bool) -> AsyncVerlConfig:
@@ -238,4 +464,5 @@ def _config_from(base: AsyncVerlConfig, sampling_params: Mapping[str, Any], resp
         max_aborts=base.max_aborts,
         abort_backoff=base.abort_backoff,
         abort_backoff_max=base.abort_backoff_max,
+        max_model_len=base.max_model_len,
     )

@@ -22,7 +22,7 @@ from typing import Any
 from ._shm import shm_entries, sweep_shm
 from .environment import Device, cpu_environment
 
-__all__ = ["VerlCluster"]
+__all__ = ["VerlCluster", "trainer_config"]
 
 # Ray's longest socket is <temp>/session_<date>_<pid>/sockets/plasma_store.<n>,
 # and an AF_UNIX path stops at 107 bytes (103 on macOS): a checkout a few
@@ -88,6 +88,7 @@ class VerlCluster:
         kv_cache_bytes: int = 128 << 20,
         device: Device = "cpu",
         engine_kwargs: Mapping[str, Any] | None = None,
+        dtype: str = "bfloat16",
     ) -> None:
         self.model = str(model)
         self._engine_kwargs = dict(engine_kwargs or {})
@@ -102,6 +103,9 @@ class VerlCluster:
         self.balancer: Any = None
         self.client: Any = None
         self._managers: list[Any] = []
+        self._reward_workers: list[Any] = []
+        self._transfer_queue = False
+        self.dtype = dtype
         self._shm_before: set[str] = set()
         self._ray_dir: Path | None = None
         self._env_before: dict[str, str | None] = {}
@@ -118,8 +122,11 @@ class VerlCluster:
         ray_dir, owned = _ray_temp_dir(self._work_dir)
         self._ray_dir = ray_dir if owned else None
         try:
+            # Logical CPUs: verl and TransferQueue make actors that each ask
+            # Ray for one CPU to be scheduled (agent-loop and reward workers,
+            # storage units); they wait, not work, so they share the cores.
             ray.init(
-                num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False
+                num_cpus=max(8, os.cpu_count() or 2), include_dashboard=False, _temp_dir=str(ray_dir), log_to_driver=False
             )
             self._start()
         except BaseException:
@@ -151,6 +158,7 @@ class VerlCluster:
             response_length=self.response_length,
             max_num_seqs=64,
             max_num_batched_tokens=2048,
+            dtype=self.dtype,
             engine_kwargs={"vllm": {**cpu, **self._engine_kwargs}},
         )
         gpus = {"num_gpus": 1} if self.device == "cuda" else {}
@@ -171,10 +179,34 @@ class VerlCluster:
         host, port = ray.get(self.server.get_server_address.remote())
         servers = {f"{host}:{port}#{k}": self.server for k in range(self._aliases)}
         self.balancer = get_router_handle(servers=servers, load_balancer_cls=_recording_balancer())
-        self.client = LLMServerClient(
-            config=OmegaConf.create({"actor_rollout_ref": {"rollout": {"name": "vllm", "full_determinism": False}}}),
-            load_balancer_handle=self.balancer,
-        )
+        self.client = self.make_client(LLMServerClient)
+
+    def make_client(self, client_class: type, **config: Any) -> Any:
+        """One of verl's clients (``LLMServerClient``, or the
+        ``FullyAsyncLLMServerClient`` its async trainers use) over this
+        cluster's balancer; ``config`` goes into its trainer config (e.g.
+        ``async_training={"partial_rollout": False}``)."""
+        from omegaconf import OmegaConf
+
+        rollout = {"name": "vllm", "full_determinism": False, "response_length": self.response_length}
+        trainer = OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}, **config})
+        return client_class(config=trainer, load_balancer_handle=self.balancer)
+
+    def serve(self, model: Path | str) -> None:
+        """Serve another model: the server actor, the balancer and the client
+        are made anew on the same Ray (one engine at a time). Agent-loop
+        managers made before hold the old client: make new ones."""
+        import ray
+
+        self._kill_managers()
+        if self.server is not None:
+            ray.kill(self.server)
+            self.server = None
+        if self.balancer is not None:
+            ray.kill(self.balancer)
+        self.balancer = self.client = None
+        self.model = str(model)
+        self._start()
 
     def routing_log(self) -> list[tuple[str, str]]:
         """Every (request id, server id) the balancer handed out so far."""
@@ -207,40 +239,71 @@ class VerlCluster:
         num_workers: int = 1,
         overrides: tuple[str, ...] = (),
     ) -> Any:
-        """verl's full trainer config (``ppo_trainer``), composed with Hydra
-        as verl's entry point composes it, for this cluster's model and an
-        async agent-loop rollout."""
-        import hydra
-        import verl
+        """:func:`trainer_config` for this cluster's model and context."""
+        return trainer_config(
+            self.model,
+            max_model_len=self.max_model_len,
+            agent_loop_config_path=agent_loop_config_path,
+            prompt_length=prompt_length,
+            response_length=response_length,
+            calculate_log_probs=calculate_log_probs,
+            num_workers=num_workers,
+            overrides=overrides,
+        )
 
-        config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
-        with hydra.initialize_config_dir(config_dir=config_dir, version_base=None):
-            return hydra.compose(
-                "ppo_trainer",
-                overrides=[
-                    f"actor_rollout_ref.model.path={self.model}",
-                    "actor_rollout_ref.rollout.name=vllm",
-                    "actor_rollout_ref.rollout.mode=async",
-                    f"actor_rollout_ref.rollout.prompt_length={prompt_length}",
-                    f"actor_rollout_ref.rollout.response_length={response_length}",
-                    f"actor_rollout_ref.rollout.calculate_log_probs={calculate_log_probs}",
-                    f"actor_rollout_ref.rollout.agent.num_workers={num_workers}",
-                    f"actor_rollout_ref.rollout.agent.agent_loop_config_path={agent_loop_config_path or 'null'}",
-                    f"data.max_prompt_length={prompt_length}",
-                    f"data.max_response_length={response_length}",
-                    *overrides,
-                ],
+    def reward_workers(self, config: Any) -> list[Any]:
+        """verl's reward-loop workers, made as its trainers make them
+        (``RewardLoopManager``); the trainers hand them to the agent-loop
+        manager when there is no reward model. Made once; killed on close."""
+        if not self._reward_workers:
+            from verl.experimental.reward_loop import RewardLoopManager
+
+            self._reward_workers = list(RewardLoopManager(config=config).reward_loop_workers)
+        return self._reward_workers
+
+    def agent_loop_manager(self, config: Any, *, v1: bool = False, reward_workers: bool = True, client: Any = None) -> Any:
+        """verl's agent-loop manager over this cluster's client (or
+        ``client``), as its trainers make it: ``AgentLoopManagerTQ`` (the v1
+        trainer, ``main_ppo``'s default; TransferQueue is started for it)
+        or the legacy ``AgentLoopManager``, with the reward-loop workers
+        unless ``reward_workers`` is off. Its worker actors are separate Ray
+        processes, killed when the cluster closes."""
+        handles = self.reward_workers(config) if reward_workers else None
+        if v1:
+            from verl.trainer.ppo.v1 import AgentLoopManagerTQ
+
+            self.start_transfer_queue(config)
+            manager: Any = AgentLoopManagerTQ.create(
+                config=config, llm_client=client or self.client, reward_loop_worker_handles=handles
             )
+        else:
+            from verl.experimental.agent_loop.agent_loop import AgentLoopManager
 
-    def agent_loop_manager(self, config: Any) -> Any:
-        """verl's ``AgentLoopManager`` over this cluster's client, as a
-        trainer makes it: its ``AgentLoopWorker`` actors are separate Ray
-        processes. They are killed when the cluster closes."""
-        from verl.experimental.agent_loop.agent_loop import AgentLoopManager
-
-        manager = AgentLoopManager.create(config=config, llm_client=self.client)
+            manager = AgentLoopManager.create(config=config, llm_client=client or self.client, reward_loop_worker_handles=handles)
         self._managers.append(manager)
         return manager
+
+    def start_transfer_queue(self, config: Any) -> None:
+        """TransferQueue's controller and storage in this Ray, as verl's v1
+        ``TaskRunner`` starts them (``tq.init(config.transfer_queue)``); once,
+        closed with the cluster."""
+        if not self._transfer_queue:
+            import transfer_queue as tq
+
+            tq.init(config.transfer_queue)
+            self._transfer_queue = True
+
+    def drop_managers(self) -> None:
+        """Kill the worker actors of the agent-loop managers made so far."""
+        self._kill_managers()
+
+    def _kill_managers(self) -> None:
+        import ray
+
+        for manager in self._managers:
+            for worker in manager.agent_loop_workers:
+                ray.kill(worker)
+        self._managers.clear()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -248,10 +311,16 @@ class VerlCluster:
     def close(self) -> None:
         import ray
 
-        for manager in self._managers:
-            for worker in manager.agent_loop_workers:
+        if ray.is_initialized():
+            self._kill_managers()
+            for worker in self._reward_workers:
                 ray.kill(worker)
-        self._managers.clear()
+        self._reward_workers = []
+        if self._transfer_queue:
+            import transfer_queue as tq
+
+            tq.close()
+            self._transfer_queue = False
         if self.server is not None:
             ray.kill(self.server)
             self.server = None
@@ -269,3 +338,46 @@ class VerlCluster:
             else:
                 os.environ[key] = value
         self._env_before = {}
+
+
+def trainer_config(
+    model: Path | str,
+    *,
+    max_model_len: int | None = None,
+    agent_loop_config_path: Path | None = None,
+    prompt_length: int = 512,
+    response_length: int = 256,
+    calculate_log_probs: bool = True,
+    num_workers: int = 1,
+    overrides: tuple[str, ...] = (),
+) -> Any:
+    """verl's full trainer config (``ppo_trainer``, what ``python -m
+    verl.trainer.main_ppo`` reads), composed with Hydra as that entry point
+    composes it, for ``model`` and an async agent-loop rollout; one
+    reward-loop worker and one TransferQueue storage unit (two cores);
+    ``overrides`` in Hydra's syntax, as on verl's command line."""
+    import hydra
+    import verl
+
+    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+    context = [f"actor_rollout_ref.rollout.max_model_len={max_model_len}"] if max_model_len is not None else []
+    with hydra.initialize_config_dir(config_dir=config_dir, version_base=None):
+        return hydra.compose(
+            "ppo_trainer",
+            overrides=[
+                f"actor_rollout_ref.model.path={model}",
+                "actor_rollout_ref.rollout.name=vllm",
+                "actor_rollout_ref.rollout.mode=async",
+                f"actor_rollout_ref.rollout.prompt_length={prompt_length}",
+                f"actor_rollout_ref.rollout.response_length={response_length}",
+                f"actor_rollout_ref.rollout.calculate_log_probs={calculate_log_probs}",
+                f"actor_rollout_ref.rollout.agent.num_workers={num_workers}",
+                f"actor_rollout_ref.rollout.agent.agent_loop_config_path={agent_loop_config_path or 'null'}",
+                f"data.max_prompt_length={prompt_length}",
+                f"data.max_response_length={response_length}",
+                *context,
+                "reward.num_workers=1",
+                "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+                *overrides,
+            ],
+        )

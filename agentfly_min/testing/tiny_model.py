@@ -34,6 +34,7 @@ _VERSION = 1  # bump when the recipe changes, so old caches are not reused
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TOOL_TOKENS = ("<tool_call>", "</tool_call>")
 _VOCAB = 1024
+_PEAK = 6.0
 
 Family: TypeAlias = Literal["qwen2.5", "qwen3", "llama3", "mistral", "gpt-oss"]
 
@@ -249,15 +250,35 @@ def _build_family(folder: Path, family: str, seed: int) -> None:
     _build_model(folder, family, vocab, seed, stop_ids, token_id(recipe.pad), token_id(recipe.bos or recipe.eos))
 
 
-def tiny_model(cache_dir: Path | str | None = None, *, seed: int = 0, family: Family = "qwen2.5") -> Path:
+def _peak(folder: Path) -> None:
+    """Scale the final norm so the model is confident: random weights give a
+    near-uniform next-token distribution (entropy ln 1024 = 6.9 nats), where
+    a token shifted by one position has about the same logprob as the right
+    one. Scaled by 6 (the tiny Qwen2.5 model, a chat prompt, temperature 1),
+    sampled tokens' logprobs average -1.6 and reach -9.8, and six samples of
+    24 tokens all differ; scaled by 8 it repeats one token, which leaves a
+    GRPO group nothing to tell apart."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    weights = load_file(str(path))
+    weights["model.norm.weight"] = weights["model.norm.weight"] * _PEAK
+    save_file(weights, str(path), metadata={"format": "pt"})
+
+
+def tiny_model(
+    cache_dir: Path | str | None = None, *, seed: int = 0, family: Family = "qwen2.5", peaked: bool = False
+) -> Path:
     """Build (once) and return the folder of a tiny random model of
     ``family`` with that family's special tokens and chat template.
-    ``cache_dir`` defaults to :func:`default_cache_dir`. Needs ``torch``,
+    ``peaked`` makes its next-token distributions confident (see
+    :func:`_peak`), for tests that compare logprobs. ``cache_dir``
+    defaults to :func:`default_cache_dir`. Needs ``torch``,
     ``transformers`` and ``tokenizers`` (the ``vllm`` extra has them); no
     network."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     stem = f"tiny-{family}" if family in ("mistral", "gpt-oss") else _RECIPES[family].folder
-    folder = root / f"{stem}-v{_VERSION}-seed{seed}"
+    folder = root / f"{stem}-v{_VERSION}-seed{seed}{'-peaked' if peaked else ''}"
     if (folder / "config.json").exists():
         return folder
     root.mkdir(parents=True, exist_ok=True)
@@ -269,6 +290,8 @@ def tiny_model(cache_dir: Path | str | None = None, *, seed: int = 0, family: Fa
             _build_gpt_oss(staging, seed)
         else:
             _build_family(staging, family, seed)
+        if peaked:
+            _peak(staging)
         try:
             staging.rename(folder)  # atomic: a half-built folder is never seen
         except OSError:

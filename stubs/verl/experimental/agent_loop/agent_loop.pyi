@@ -32,6 +32,7 @@ class AgentLoopBase:
     rollout_config: Any
     server_manager: Any
     tokenizer: Any
+    apply_chat_template_kwargs: Any
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput: ...
 

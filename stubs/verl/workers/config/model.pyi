@@ -3,3 +3,5 @@ from typing import Any
 
 class HFModelConfig:
     def __init__(self, *, path: str, **kwargs: Any) -> None: ...
+    tokenizer: Any
+    hf_config: Any
