@@ -104,6 +104,7 @@ class VerlCluster:
         self.client: Any = None
         self._managers: list[Any] = []
         self._reward_workers: list[Any] = []
+        self._serving: dict[str, Any] = {}
         self._transfer_queue = False
         self.dtype = dtype
         self._shm_before: set[str] = set()
@@ -159,7 +160,7 @@ class VerlCluster:
             max_num_seqs=64,
             max_num_batched_tokens=2048,
             dtype=self.dtype,
-            engine_kwargs={"vllm": {**cpu, **self._engine_kwargs}},
+            engine_kwargs={"vllm": {**cpu, **self._engine_kwargs, **self._serving}},
         )
         gpus = {"num_gpus": 1} if self.device == "cuda" else {}
         actor = ray.remote(vLLMHttpServer).options(name="vllm_server_0_0", max_concurrency=1000, num_cpus=0, **gpus)
@@ -192,10 +193,12 @@ class VerlCluster:
         trainer = OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}, **config})
         return client_class(config=trainer, load_balancer_handle=self.balancer)
 
-    def serve(self, model: Path | str) -> None:
+    def serve(self, model: Path | str, *, engine_kwargs: Mapping[str, Any] | None = None) -> None:
         """Serve another model: the server actor, the balancer and the client
-        are made anew on the same Ray (one engine at a time). Agent-loop
-        managers made before hold the old client: make new ones."""
+        are made anew on the same Ray (one engine at a time), with
+        ``engine_kwargs`` over the cluster's own (``tokenizer_mode`` for a
+        Mistral model, say). Agent-loop managers made before hold the old
+        client: make new ones."""
         import ray
 
         self._kill_managers()
@@ -206,6 +209,7 @@ class VerlCluster:
             ray.kill(self.balancer)
         self.balancer = self.client = None
         self.model = str(model)
+        self._serving = dict(engine_kwargs or {})
         self._start()
 
     def routing_log(self) -> list[tuple[str, str]]:

@@ -79,18 +79,28 @@ def _tools(tools: Sequence[ToolSchema]) -> list[Any]:
     ]
 
 
+def _mistral(tokenizer: Any) -> Any:
+    """The mistral_common ``MistralTokenizer`` itself, or the one that
+    transformers' ``MistralCommonBackend`` wraps (what verl and
+    ``AutoTokenizer`` load for a Mistral model folder)."""
+    if hasattr(tokenizer, "encode_chat_completion"):
+        return tokenizer
+    inner = getattr(tokenizer, "tokenizer", None)
+    return inner if hasattr(inner, "encode_chat_completion") else tokenizer
+
+
 def _prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> list[int]:
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
     request = ChatCompletionRequest(messages=mistral_messages(messages), tools=_tools(tools) or None)
-    ids: list[int] = tokenizer.encode_chat_completion(request).tokens
+    ids: list[int] = _mistral(tokenizer).encode_chat_completion(request).tokens
     return ids
 
 
 def _between(tokenizer: Any, turn: Turn) -> list[int]:
     from mistral_common.protocol.instruct.messages import ToolMessage
 
-    instruct = tokenizer.instruct_tokenizer
+    instruct = _mistral(tokenizer).instruct_tokenizer
     eos = instruct.tokenizer.eos_id
     ids: list[int] = [] if turn.sampled and turn.sampled[-1] == eos else [eos]
     for result in turn.results:
@@ -102,7 +112,7 @@ def _between(tokenizer: Any, turn: Turn) -> list[int]:
 def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
     from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 
-    inner = tokenizer.instruct_tokenizer.tokenizer
+    inner = _mistral(tokenizer).instruct_tokenizer.tokenizer
     body = list(ids[:-1] if ids and ids[-1] == inner.eos_id else ids)
     text: str = inner.decode(body, special_token_policy=SpecialTokenPolicy.KEEP)
     return text
@@ -149,6 +159,7 @@ def _item_spans(array: str) -> list[str]:
 
 
 def _check(tokenizer: Any) -> None:
+    tokenizer = _mistral(tokenizer)
     if not hasattr(tokenizer, "encode_chat_completion") or not hasattr(tokenizer, "instruct_tokenizer"):
         raise ValueError(f"the mistral template needs a mistral_common MistralTokenizer, not a {type(tokenizer).__name__}")
 
