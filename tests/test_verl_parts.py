@@ -482,7 +482,7 @@ def test_verls_chat_template_kwargs_and_the_yaml_choose_the_template(families: d
     named = _loop(families["qwen3"], "qwen3", template="qwen3", template_options={"enable_thinking": False})
     assert named.template.name == "qwen3-nothink"
     assert _loop(families["qwen2.5"], "qwen2", template="hf").template.name == "hf"
-    with pytest.raises(ConfigError, match="llama3 template takes no options"):
+    with pytest.raises(ConfigError, match="llama3 takes date_string"):
         _loop(families["llama3"], "llama", "+data.apply_chat_template_kwargs.enable_thinking=false")
 
 

@@ -156,15 +156,16 @@ class _Tokens:
 
 
 def _calls(
-    output: Output, turn: int, template: Template, text: str
+    output: Output, turn: int, template: Template, text: str, tools: Sequence[ToolSchema]
 ) -> tuple[tuple[ToolCall, ...], list[str | None], ParsedTurn]:
     """The turn's tool calls, an error per call (None if it parsed) and the
-    turn as the template reads it from ``text``. Every call gets an id of its
-    own: a server may send none, or the same one twice."""
+    turn as the template reads it from ``text`` (with the ``tools``' schemas
+    where the format needs them). Every call gets an id of its own: a server
+    may send none, or the same one twice."""
     if output.tool_calls:  # the server parsed them already
         calls = _distinct_ids(output.tool_calls, turn, template)
         return calls, [None] * len(calls), ParsedTurn(content=output.text, reasoning=output.reasoning)
-    parsed = template.parse(text)
+    parsed = template.parse_with_tools(text, tools) if template.parse_with_tools is not None else template.parse(text)
     found: list[ToolCall] = []
     errors: list[str | None] = []
     for k, call in enumerate(parsed.calls):
@@ -428,7 +429,7 @@ async def _turns(episode: _Episode, generate: Generate, emit: Emit | None = None
         text = output.text
         if episode.template.decode is not None and tokens is not None and output.token_ids is not None:
             text = episode.template.decode(episode.tokenizer, output.token_ids)
-        calls, parse_errors, parsed = _calls(output, episode.turns, episode.template, text)
+        calls, parse_errors, parsed = _calls(output, episode.turns, episode.template, text, episode.schemas)
         assistant = Message(role="assistant", content=parsed.content, reasoning_content=parsed.reasoning, tool_calls=calls)
         episode.messages.append(assistant)
         if emit is not None:

@@ -73,6 +73,9 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
       before the next one is sampled; exactly what the template puts there.
     - ``parse(text)``: a sampled turn's content, reasoning and tool calls;
       never raises, linear in the text.
+    - ``parse_with_tools(text, tools)``: the same, for formats whose values
+      are read by the tools' schemas (Qwen3-Coder's XML parameters); None:
+      ``parse`` needs no schema. The agent loop prefers it.
     - ``check(tokenizer)``: raises ``ValueError`` if the tokenizer cannot
       carry this format (a missing special token).
     - ``decode(tokenizer, ids)``: a sampled turn's text as ``parse`` wants
@@ -98,6 +101,7 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
     prompt_ids: Callable[[Any, Sequence[Message], Sequence[ToolSchema]], list[int]]
     between_ids: Callable[[Any, Turn], list[int]]
     parse: Callable[[str], ParsedTurn]
+    parse_with_tools: Callable[[str, Sequence[ToolSchema]], ParsedTurn] | None = None
     check: Callable[[Any], None] = lambda tokenizer: None
     render: Callable[[Sequence[Message], Sequence[ToolSchema]], str] | None = None
     decode: Callable[[Any, Sequence[int]], str] | None = None
@@ -140,8 +144,10 @@ _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 def split_reasoning(text: str) -> tuple[str | None, str]:
     """``(reasoning, rest)`` of a turn that may open with ``<think>…</think>``
     (the opening tag may have been in the prompt, as Qwen3 and DeepSeek-R1
-    put it there). An unclosed block is all reasoning. Linear."""
-    close = text.find(_THINK_CLOSE)
+    put it there). The answer is what follows the last ``</think>``, as
+    Qwen3's template reads a turn; everything before it is reasoning, so no
+    sampled text is lost. An unclosed block is all reasoning. Linear."""
+    close = text.rfind(_THINK_CLOSE)
     open_at = text.find(_THINK_OPEN)
     if close < 0:
         if open_at >= 0:

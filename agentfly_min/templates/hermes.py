@@ -151,7 +151,7 @@ def parse_tool_calls(text: str) -> ParsedTurn:
     ``</tool_call>`` after it, and the first one that has none ends the
     search (it is reported as cut off)."""
     if _OPEN not in text:
-        return ParsedTurn(content=text.strip())
+        return ParsedTurn(content=text)  # an answer, as sampled: rendered back, it gives the sampled text
     calls: list[ParsedCall | MalformedToolCall] = []
     first: int | None = None
     extra = 0

@@ -69,12 +69,14 @@ def _between(tokenizer: Any, turn: Turn, options: Mapping[str, Any]) -> list[int
         )
     last = turn.sampled[-1] if turn.sampled else None
     special = set(getattr(tokenizer, "all_special_ids", ()))
-    if last is not None and last in special:  # the model sampled its end of turn: what the template writes after it
-        marker = tokenizer.convert_ids_to_tokens(last)
-        tail = before[before.rfind(marker) + len(marker) :] if marker in before else ""
-    else:  # cut off: the end of turn too
-        marker = tokenizer.eos_token or ""
-        tail = before[before.rfind(marker) :] if marker and marker in before else ""
+    marker = tokenizer.convert_ids_to_tokens(last) if last is not None and last in special else None
+    if marker is not None and marker in before:  # the model sampled the template's end of turn: what follows it
+        tail = before[before.rfind(marker) + len(marker) :]
+    else:
+        # Cut off, or ended on another of the model's stop tokens (Qwen2.5
+        # stops on <|endoftext|> too): the template's end of turn as well.
+        end = tokenizer.eos_token or ""
+        tail = before[before.rfind(end) :] if end and end in before else ""
     return encode(tokenizer, tail + after[len(before) :])
 
 

@@ -14,9 +14,8 @@ matter to training:
 So a re-render is not what the model saw. The agent loop never re-renders:
 the trajectory holds the sampled ids, with only the tool results and the
 next generation prompt spliced in (:func:`between`), so one rollout stays
-one sample, token for token, in both modes. :data:`CHAT_TEMPLATE` is this
-format as a Jinja template, written for the tiny test models from the
-format's public description; the tests hold it and :func:`render` together.
+one sample, token for token, in both modes. :func:`render` equals Qwen3's
+upstream template (``templates/upstream/qwen3.jinja``) on the tests' corpus.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from .base import ParsedTurn, Template, Turn, split_reasoning
 from .hermes import parse_tool_calls
 from .qwen25 import IM_END, IM_START, _tojson, encode, render_tool_results, single_token, tool_call_json
 
-__all__ = ["render", "between", "parse", "CHAT_TEMPLATE", "THINKING", "NO_THINKING", "EMPTY_THINK"]
+__all__ = ["render", "between", "parse", "THINKING", "NO_THINKING", "EMPTY_THINK"]
 
 EMPTY_THINK = "<think>\n\n</think>\n\n"
 _TOOLS_HEADER = (
@@ -67,11 +66,19 @@ def _is_query(message: Message) -> bool:
     return message.role == "user" and not (text.startswith("<tool_response>") and text.endswith("</tool_response>"))
 
 
+def _upstream_split(content: str) -> tuple[str, str]:
+    """The template's own reading of a turn with ``</think>`` in its content:
+    reasoning before the first ``</think>`` (after its last ``<think>``),
+    content after the last one."""
+    head = content.split("</think>")[0].rstrip("\n")
+    return head.split("<think>")[-1].lstrip("\n"), content.split("</think>")[-1].lstrip("\n")
+
+
 def _assistant(message: Message, keep_reasoning: bool, last: bool) -> str:
     content = message.text
     reasoning = message.reasoning_content
     if reasoning is None and "</think>" in content:
-        reasoning, content = split_reasoning(content)
+        reasoning, content = _upstream_split(content)
     reasoning = reasoning or ""
     if keep_reasoning and (last or reasoning):
         text = f"{IM_START}assistant\n<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{content.lstrip(chr(10))}"
@@ -175,57 +182,3 @@ def _with_options(options: Mapping[str, Any]) -> Template:
 
 THINKING = _template("qwen3", enable_thinking=True)
 NO_THINKING = _template("qwen3-nothink", enable_thinking=False)
-
-
-CHAT_TEMPLATE = """{%- set system = messages[0].content if messages and messages[0].role in ['system', 'developer'] else none %}
-{%- if tools %}
-    {{- '<|im_start|>system\\n' }}
-    {%- if system is not none %}{{- system + '\\n\\n' }}{%- endif %}
-    {{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}
-    {%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
-    {{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}
-{%- elif system is not none %}
-    {{- '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}
-{%- endif %}
-{%- set ns = namespace(last_query=messages | length - 1, found=false) %}
-{%- for message in messages | reverse %}
-    {%- set index = messages | length - 1 - loop.index0 %}
-    {%- if not ns.found and message.role == 'user' and not (message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
-        {%- set ns.found = true %}{%- set ns.last_query = index %}
-    {%- endif %}
-{%- endfor %}
-{%- for message in messages %}
-    {%- set content = message.content if message.content is string else '' %}
-    {%- if message.role == 'user' or (message.role in ['system', 'developer'] and not loop.first) %}
-        {{- '<|im_start|>' + ('system' if message.role == 'developer' else message.role) + '\\n' + content + '<|im_end|>\\n' }}
-    {%- elif message.role == 'assistant' %}
-        {%- set reasoning = message.reasoning_content if message.reasoning_content is string else none %}
-        {%- if reasoning is none and '</think>' in content %}
-            {%- set head = content.split('</think>')[0] %}
-            {%- set reasoning = (head.split('<think>', 1)[1] if '<think>' in head else head).strip('\\n') %}
-            {%- set content = content.split('</think>', 1)[1].lstrip('\\n') %}
-        {%- endif %}
-        {%- set reasoning = reasoning or '' %}
-        {%- if loop.index0 > ns.last_query and (loop.last or reasoning) %}
-            {{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
-        {%- else %}
-            {{- '<|im_start|>assistant\\n' + content }}
-        {%- endif %}
-        {%- for call in message.tool_calls or [] %}
-            {%- if not loop.first or content %}{{- '\\n' }}{%- endif %}
-            {%- set fn = call.function if call.function is defined else call %}
-            {{- '<tool_call>\\n{"name": "' + fn.name + '", "arguments": ' + (fn.arguments | tojson) + '}\\n</tool_call>' }}
-        {%- endfor %}
-        {{- '<|im_end|>\\n' }}
-    {%- elif message.role == 'tool' %}
-        {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
-        {{- '\\n<tool_response>\\n' + content + '\\n</tool_response>' }}
-        {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\\n' }}
-    {%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}
-{%- endif %}"""
-"""Qwen3's chat format as a Jinja template (tools, tool calls, reasoning,
-``enable_thinking``), for tokenizers built offline."""

@@ -42,15 +42,10 @@ def _normalised(text: str) -> str:
 
 @functools.cache
 def _known() -> dict[str, str]:
-    from . import llama3, qwen3
     from .qwen25 import CHAT_TEMPLATE as QWEN25
 
     texts = {upstream_template(file): name for file, name in _UPSTREAM.items()}
     texts[QWEN25] = "qwen2.5"
-    # The tiny test models' templates, written here from the formats' public
-    # descriptions; they go when the tiny models carry the upstream ones.
-    texts[qwen3.CHAT_TEMPLATE] = "qwen3"
-    texts[llama3.CHAT_TEMPLATE] = "llama3"
     return {_normalised(text): name for text, name in texts.items()}
 
 

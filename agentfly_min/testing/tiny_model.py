@@ -1,10 +1,10 @@
 """Tiny models with random weights, built offline, one per chat family.
 
 :func:`tiny_model` trains a byte-level BPE tokenizer on generated text with
-the family's special tokens and chat template (tool calls included), builds
+the family's special tokens and upstream chat template (tool calls included), builds
 a model of that family's architecture with about 0.8 M parameters and random
 bfloat16 weights (``Qwen2ForCausalLM`` for ``"qwen2.5"``,
-``Qwen3ForCausalLM`` for ``"qwen3"``, ``LlamaForCausalLM`` for
+``Qwen3ForCausalLM`` for ``"qwen3"`` and ``"qwen3-coder"``, ``LlamaForCausalLM`` for
 ``"llama3"``; for ``"mistral"``, Mistral's real Tekken tokenizer from
 ``mistral_common`` and a ``MistralForCausalLM``; for ``"gpt-oss"`` a
 ``LlamaForCausalLM`` over the harmony encoding's ids, with no tokenizer
@@ -30,13 +30,13 @@ from typing import Literal, NamedTuple, TypeAlias
 
 __all__ = ["tiny_model", "default_cache_dir", "SPECIAL_TOKENS", "TOOL_TOKENS", "FAMILIES", "Family"]
 
-_VERSION = 1  # bump when the recipe changes, so old caches are not reused
+_VERSION = 2  # bump when the recipe changes, so old caches are not reused
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TOOL_TOKENS = ("<tool_call>", "</tool_call>")
 _VOCAB = 1024
 _PEAK = 6.0
 
-Family: TypeAlias = Literal["qwen2.5", "qwen3", "llama3", "mistral", "gpt-oss"]
+Family: TypeAlias = Literal["qwen2.5", "qwen3", "qwen3-coder", "llama3", "mistral", "gpt-oss"]
 
 
 class _Recipe(NamedTuple):
@@ -51,13 +51,26 @@ class _Recipe(NamedTuple):
 
 
 _RECIPES: dict[str, _Recipe] = {
-    "qwen2.5": _Recipe("tiny-qwen2", SPECIAL_TOKENS, TOOL_TOKENS, "<|im_end|>", ("<|im_end|>",), "<|endoftext|>", None, "qwen2"),
+    # Qwen's instruct models stop on <|im_end|> and <|endoftext|> (their generation_config).
+    "qwen2.5": _Recipe(
+        "tiny-qwen2", SPECIAL_TOKENS, TOOL_TOKENS, "<|im_end|>", ("<|im_end|>", "<|endoftext|>"), "<|endoftext|>", None, "qwen2"
+    ),
     "qwen3": _Recipe(
         "tiny-qwen3",
         SPECIAL_TOKENS,
         (*TOOL_TOKENS, "<think>", "</think>", "<tool_response>", "</tool_response>"),
         "<|im_end|>",
-        ("<|im_end|>",),
+        ("<|im_end|>", "<|endoftext|>"),
+        "<|endoftext|>",
+        None,
+        "qwen3",
+    ),
+    "qwen3-coder": _Recipe(
+        "tiny-qwen3-coder",
+        SPECIAL_TOKENS,
+        (*TOOL_TOKENS, "<think>", "</think>", "<tool_response>", "</tool_response>"),
+        "<|im_end|>",
+        ("<|im_end|>", "<|endoftext|>"),
         "<|endoftext|>",
         None,
         "qwen3",
@@ -128,17 +141,14 @@ def default_cache_dir() -> Path:
 
 
 def _chat_template(family: str) -> str:
-    if family == "qwen3":
-        from ..templates.qwen3 import CHAT_TEMPLATE as QWEN3
-
-        return QWEN3
-    if family == "llama3":
-        from ..templates.llama3 import CHAT_TEMPLATE as LLAMA3
-
-        return LLAMA3
+    """The family's upstream chat template (templates/upstream, with its
+    provenance), so a test comparing with the tokenizer's own template
+    compares with what the real models carry."""
     from ..templates.qwen25 import CHAT_TEMPLATE as QWEN25
+    from ..templates.select import upstream_template
 
-    return QWEN25
+    files = {"qwen3": "qwen3.jinja", "qwen3-coder": "qwen3-coder.jinja", "llama3": "llama3.3.jinja"}
+    return upstream_template(files[family]) if family in files else QWEN25
 
 
 def _corpus(rng: random.Random) -> Iterator[str]:
