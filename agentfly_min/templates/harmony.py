@@ -18,16 +18,18 @@ the next ``<|start|>assistant``; the sampled ``<|call|>`` stays as sampled.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from ..records import Message, ToolSchema
 from .base import MalformedToolCall, ParsedCall, ParsedTurn, Template, Turn
 from .hermes import MAX_CALLS, too_deep
 
-__all__ = ["TEMPLATE", "encoding", "harmony_conversation"]
+__all__ = ["TEMPLATE", "encoding", "gpt_oss_template", "harmony_conversation", "today"]
 
 _FUNCTIONS = "functions."
 
@@ -40,8 +42,31 @@ def encoding() -> Any:
     return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
 
 
-def harmony_conversation(messages: Sequence[Message], tools: Sequence[ToolSchema]) -> Any:
-    """Our conversation as a harmony ``Conversation``."""
+def _harmony_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """A tool's parameters for harmony's renderer. gpt-oss's template writes
+    an object parameter without properties as ``object``; harmony writes
+    ``{\n    }`` (and its description twice) unless its type is a list."""
+    properties = parameters.get("properties")
+    if not isinstance(properties, Mapping):
+        return dict(parameters)
+    fixed = {
+        name: {**spec, "type": ["object"]}
+        if isinstance(spec, Mapping) and spec.get("type") == "object" and not spec.get("properties")
+        else spec
+        for name, spec in properties.items()
+    }
+    return {**parameters, "properties": fixed}
+
+
+def today() -> str:
+    """Today's date as gpt-oss's template writes it (``strftime_now("%Y-%m-%d")``)."""
+    return datetime.date.today().isoformat()
+
+
+def harmony_conversation(messages: Sequence[Message], tools: Sequence[ToolSchema], *, date: str | None = None) -> Any:
+    """Our conversation as a harmony ``Conversation``; ``date`` is the
+    system message's ``Current date:`` (gpt-oss's template writes the day
+    it renders on; None: today)."""
     from openai_harmony import (
         Author,
         Conversation,
@@ -53,13 +78,14 @@ def harmony_conversation(messages: Sequence[Message], tools: Sequence[ToolSchema
     from openai_harmony import Message as HarmonyMessage
 
     instructions = "\n\n".join(m.text for m in messages if m.role in ("system", "developer"))
-    out = [HarmonyMessage.from_role_and_content(Role.SYSTEM, SystemContent.new())]
+    system = SystemContent.new().with_conversation_start_date(date if date is not None else today())
+    out = [HarmonyMessage.from_role_and_content(Role.SYSTEM, system)]
     developer = DeveloperContent.new()
     if instructions:
         developer = developer.with_instructions(instructions)
     if tools:
         developer = developer.with_function_tools(
-            [ToolDescription.new(t.function.name, t.function.description, parameters=t.function.parameters) for t in tools]
+            [ToolDescription.new(t.function.name, t.function.description, parameters=_harmony_parameters(t.function.parameters)) for t in tools]
         )
     if instructions or tools:
         out.append(HarmonyMessage.from_role_and_content(Role.DEVELOPER, developer))
@@ -87,11 +113,6 @@ def harmony_conversation(messages: Sequence[Message], tools: Sequence[ToolSchema
     return Conversation.from_messages(out)
 
 
-def _prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> list[int]:
-    from openai_harmony import Role
-
-    ids: list[int] = list(tokenizer.render_conversation_for_completion(harmony_conversation(messages, tools), Role.ASSISTANT))
-    return ids
 
 
 def _between(tokenizer: Any, turn: Turn) -> list[int]:
@@ -161,13 +182,36 @@ def _check(tokenizer: Any) -> None:
         raise ValueError(f"the gpt-oss template needs openai-harmony's encoding (templates.harmony.encoding()), not a {type(tokenizer).__name__}")
 
 
-TEMPLATE = Template(
-    name="gpt-oss",
-    tool_format="harmony (commentary to=functions.<name>)",
-    reasoning="harmony analysis channel",
-    prompt_ids=_prompt_ids,
-    between_ids=_between,
-    parse=parse,
-    check=_check,
-    decode=_decode,
-)
+def gpt_oss_template(date_string: str | None = None) -> Template:
+    """The gpt-oss template; ``date_string`` (``YYYY-MM-DD``) is the system
+    message's current date, None: the day of each render, as the upstream
+    template writes it."""
+
+    def prompt_ids(tokenizer: Any, messages: Sequence[Message], tools: Sequence[ToolSchema]) -> list[int]:
+        from openai_harmony import Role
+
+        conversation = harmony_conversation(messages, tools, date=date_string)
+        ids: list[int] = list(tokenizer.render_conversation_for_completion(conversation, Role.ASSISTANT))
+        return ids
+
+    return Template(
+        name="gpt-oss",
+        tool_format="harmony (commentary to=functions.<name>)",
+        reasoning="harmony analysis channel",
+        prompt_ids=prompt_ids,
+        between_ids=_between,
+        parse=parse,
+        check=_check,
+        decode=_decode,
+        with_options=_with_options,
+    )
+
+
+def _with_options(options: Mapping[str, Any]) -> Template:
+    date = options.get("date_string")
+    if set(options) - {"date_string"} or not isinstance(date, str):
+        raise ConfigError("template options", f"gpt-oss takes date_string (YYYY-MM-DD); got {dict(options)!r}")
+    return gpt_oss_template(date)
+
+
+TEMPLATE = gpt_oss_template()

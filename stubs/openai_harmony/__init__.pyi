@@ -19,6 +19,7 @@ class Author:
 class SystemContent:
     @classmethod
     def new(cls) -> SystemContent: ...
+    def with_conversation_start_date(self, date: str) -> SystemContent: ...
 
 class ToolDescription:
     @classmethod
