@@ -29,7 +29,7 @@ from .hermes import MAX_CALLS, parse_call_object, too_deep
 
 __all__ = ["TEMPLATE", "parse", "mistral_messages", "tekken"]
 
-TOOL_CALLS = "[TOOL_CALLS]"
+TOOL_CALLS, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 _ID = re.compile(r"^[A-Za-z0-9]{9}$")
 
 
@@ -119,28 +119,65 @@ def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
 
 
 def parse(text: str) -> ParsedTurn:
-    """``[TOOL_CALLS]`` followed by a JSON list of calls (or one call);
-    content is what comes before it. Never raises; linear."""
+    """Content is what comes before the first ``[TOOL_CALLS]``; the calls
+    after it are in either of Mistral's formats: a JSON list of calls (or one
+    call), each with its 9-character ``id`` (tokenizers v3 to v7), or
+    ``name[ARGS]{...}`` per call, each after its own ``[TOOL_CALLS]``, with
+    ``[CALL_ID]id`` before ``[ARGS]`` in v13 (v11 and later). In the JSON
+    format a call without an id is malformed: its result must name an id
+    (mistral_common refuses one without), and an id the model never wrote
+    would be in the result and not in the call. Never raises; linear."""
     at = text.find(TOOL_CALLS)
     if at < 0:
-        return ParsedTurn(content=text.strip())
+        return ParsedTurn(content=text)
     content, body = text[:at].strip(), text[at + len(TOOL_CALLS) :].strip()
+    if body[:1] in ("[", "{"):
+        return ParsedTurn(content=content, calls=_json_calls(body))
+    calls: list[ParsedCall | MalformedToolCall] = []
+    for part in body.split(TOOL_CALLS)[: MAX_CALLS + 1]:
+        calls.append(_args_call(part.strip()))
+    return ParsedTurn(content=content, calls=tuple(calls))
+
+
+def _json_calls(body: str) -> tuple[ParsedCall | MalformedToolCall, ...]:
     if too_deep(body):
-        return ParsedTurn(content=content, calls=(MalformedToolCall(raw=body, reason="JSON nested deeper than the limit"),))
+        return (MalformedToolCall(raw=body, reason="JSON nested deeper than the limit"),)
     try:
         value, end = json.JSONDecoder().raw_decode(body)
     except ValueError as exc:
-        return ParsedTurn(content=content, calls=(MalformedToolCall(raw=body, reason=f"not valid JSON ({exc})"),))
+        return (MalformedToolCall(raw=body, reason=f"not valid JSON ({exc})"),)
     items = value if isinstance(value, list) else [value]
     spans = _item_spans(body[:end]) if isinstance(value, list) else [body[:end]]
     calls: list[ParsedCall | MalformedToolCall] = []
     for item, raw in zip(items[: MAX_CALLS + 1], spans, strict=False):
         call = parse_call_object(raw)
-        if isinstance(call, ParsedCall) and isinstance(item, dict):
-            given = item.get("id")
-            call = ParsedCall(name=call.name, arguments=call.arguments, id=given if isinstance(given, str) and _ID.match(given) else None)
+        if isinstance(call, ParsedCall):
+            given = item.get("id") if isinstance(item, dict) else None
+            if not (isinstance(given, str) and _ID.match(given)):
+                call = MalformedToolCall(raw=raw, reason='a Mistral call needs its 9-character id ("id": "a1b2c3d4e"), written by the model')
+            else:
+                call = ParsedCall(name=call.name, arguments=call.arguments, id=given)
         calls.append(call)
-    return ParsedTurn(content=content, calls=tuple(calls))
+    return tuple(calls)
+
+
+def _args_call(part: str) -> ParsedCall | MalformedToolCall:
+    """One ``name[ARGS]{...}`` (or ``name[CALL_ID]id[ARGS]{...}``) call."""
+    args_at = part.find(ARGS)
+    if args_at < 0:
+        return MalformedToolCall(raw=part, reason="expected name[ARGS]{arguments} after [TOOL_CALLS]")
+    head, arguments = part[:args_at], part[args_at + len(ARGS) :].strip()
+    call_id: str | None = None
+    if CALL_ID in head:
+        head, given = head.split(CALL_ID, 1)
+        call_id = given.strip() or None
+    name = head.strip()
+    if not name:
+        return MalformedToolCall(raw=part, reason="the call has no function name before [ARGS]")
+    parsed = parse_call_object(json.dumps({"name": name}, ensure_ascii=False)[:-1] + ', "arguments": ' + arguments + "}")
+    if isinstance(parsed, MalformedToolCall):
+        return MalformedToolCall(raw=part, reason=parsed.reason)
+    return ParsedCall(name=parsed.name, arguments=parsed.arguments, id=call_id)
 
 
 def _item_spans(array: str) -> list[str]:
@@ -166,7 +203,7 @@ def _check(tokenizer: Any) -> None:
 
 TEMPLATE = Template(
     name="mistral",
-    tool_format="mistral ([TOOL_CALLS] JSON list, 9-character ids)",
+    tool_format="mistral ([TOOL_CALLS] JSON list with 9-character ids; or name[ARGS]{...})",
     reasoning="none",
     prompt_ids=_prompt_ids,
     between_ids=_between,
