@@ -13,6 +13,7 @@ from .errors import (
     PermanentError,
     RetriesExhaustedError,
     StructuredOutputError,
+    TokenizerMismatchError,
     TransientError,
     TransportClosedError,
     TransportError,
@@ -96,4 +97,5 @@ __all__ = [
     "GenerationTimeoutError",
     "RetriesExhaustedError",
     "StructuredOutputError",
+    "TokenizerMismatchError",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "TransportClosedError",
     "GenerationTimeoutError",
     "RetriesExhaustedError",
+    "TokenizerMismatchError",
 ]
 
 
@@ -118,3 +119,8 @@ class RetriesExhaustedError(TransportError):
         self.request_id = last_error.request_id
         self.attempts = attempts
         self.last_error = last_error
+
+
+class TokenizerMismatchError(AgentflyError, ValueError):
+    """The client's tokenizer and the server's make other ids of the same
+    text: token-id requests would be read as other text."""

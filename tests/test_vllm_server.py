@@ -221,3 +221,24 @@ def _group(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+async def test_a_client_tokenizer_unlike_the_servers_is_refused_before_any_episode(server: VLLMServer, tokenizer: Any) -> None:
+    """With the tiny tokenizer of seed 1 against a server of seed 0,
+    token-id episodes finished with no error, token_level=True, no prompt
+    mismatch (the server echoes the ids it was sent) and garbage text. The
+    server's own /tokenize of a probe text tells the tokenizers apart."""
+    from transformers import AutoTokenizer
+
+    from agentfly_min import TokenizerMismatchError
+    from agentfly_min.testing import tiny_model
+
+    from .conftest import CACHE
+
+    other = AutoTokenizer.from_pretrained(str(tiny_model(CACHE, seed=1)))
+    with pytest.raises(TokenizerMismatchError, match="first difference at id"):
+        async with open_backend(config(server, token_ids=True), tokenizer=other):
+            pass
+    async with open_backend(config(server, token_ids=True), tokenizer=tokenizer) as generate:  # the server's own
+        completion = await generate(Request(prompt_ids=tuple(tokenizer.encode("hi", add_special_tokens=False)), max_new_tokens=4))
+    assert completion.outputs[0].token_ids is not None

@@ -20,7 +20,12 @@ __all__ = ["open_backend", "open_stream"]
 
 @overload
 def open_backend(
-    config: ClientConfig, *, model: str | None = None, middleware: Middleware | None = None, http_client: Any = None
+    config: ClientConfig,
+    *,
+    model: str | None = None,
+    middleware: Middleware | None = None,
+    http_client: Any = None,
+    tokenizer: Any = None,
 ) -> AbstractAsyncContextManager[Generate]: ...
 @overload
 def open_backend(
@@ -51,14 +56,17 @@ def open_backend(
     - :class:`ClientConfig`: an OpenAI-compatible endpoint; ``model``
       overrides ``config.model``; ``middleware`` replaces the default stack
       (retry, concurrency, rate limit, timeout); ``http_client`` is the
-      SDK's HTTP client to use (see :func:`open_client`).
+      SDK's HTTP client to use; with ``config.token_ids``, ``tokenizer`` is
+      checked against the server's on entry (see :func:`open_client`).
     - :class:`AsyncVLLMConfig`: an in-process vLLM engine for ``model`` (a
       model folder or hub id), shut down on exit.
     - :class:`AsyncVerlConfig`: verl's rollout client ``server`` (what verl
       hands an agent loop) and the model's ``tokenizer``.
     """
     if isinstance(config, ClientConfig):
-        return open_client(config, model=None if model is None else str(model), middleware=middleware, http_client=http_client)
+        return open_client(
+            config, model=None if model is None else str(model), middleware=middleware, http_client=http_client, tokenizer=tokenizer
+        )
     if isinstance(config, AsyncVLLMConfig):
         if model is None:
             raise ConfigError("open_backend.model", "an AsyncVLLMConfig needs the model path (Agent.model_name_or_path)")

@@ -516,6 +516,7 @@ async def open_client(
     model: str | None = None,
     middleware: Middleware | None = None,
     http_client: Any = None,
+    tokenizer: Any = None,
 ) -> AsyncIterator[Generate]:
     """Open an ``openai.AsyncOpenAI`` client and yield a :data:`Generate`.
 
@@ -531,7 +532,16 @@ async def open_client(
 
     Plain calls go over aiohttp unless ``config.http_library`` says
     ``"openai"`` or the SDK is needed (Azure, an ``http_client``).
+
+    With ``config.token_ids`` and the ``tokenizer`` the agent loop renders
+    with, the server is asked on entry to tokenize a probe text, and a
+    tokenizer that makes other ids than the server's is refused
+    (:class:`TokenizerMismatchError`): the ids would be read as other text.
     """
+    if config.token_ids and tokenizer is not None:
+        from ._tokenizer_check import check_tokenizer
+
+        await check_tokenizer(config, tokenizer, model=model or config.model)
     lean = _use_aiohttp(config, http_client)
     # aiohttp holds each attempt to config.timeout itself (see _Wire)
     stack = client_middleware(config, attempt_timeout=not lean) if middleware is None else middleware
