@@ -15,6 +15,7 @@ family's built-in template, which splices without re-rendering.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,12 +61,24 @@ def render_text(
 def _between(tokenizer: Any, turn: Turn, options: Mapping[str, Any]) -> list[int]:
     before = render_text(tokenizer, turn.history, turn.tools, generation_prompt=False, options=options)
     after = render_text(tokenizer, [*turn.history, *turn.results], turn.tools, generation_prompt=True, options=options)
+    eos = tokenizer.eos_token or ""
+    if eos and before.endswith(eos) and not after.startswith(before):
+        # Some templates (Phi-3) end a render without the generation prompt
+        # with the end-of-sequence token: the conversation so far is without it.
+        before = before[: -len(eos)]
     if not after.startswith(before):
         at = next((k for k, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), min(len(before), len(after)))
         raise TemplateError(
             f"the chat template is not prefix-stable: adding the tool results rewrites the conversation at "
             f"character {at} ({before[at : at + 40]!r} became {after[at : at + 40]!r}); splicing would re-tokenise "
             "the history. Use the family's built-in template."
+        )
+    added = after[len(before) :]
+    dropped = [m for m in turn.results if m.text and m.text not in added and json.dumps(m.text, ensure_ascii=False)[1:-1] not in added]
+    if dropped:
+        raise TemplateError(
+            f"the chat template drops tool results ({len(dropped)} of {len(turn.results)} not rendered): "
+            "the model would never see them. Use a template that renders the tool role"
         )
     last = turn.sampled[-1] if turn.sampled else None
     special = set(getattr(tokenizer, "all_special_ids", ()))
