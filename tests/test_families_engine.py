@@ -1,7 +1,10 @@
 """Each chat family on real engines: multi-turn tool-calling episodes on a
-tiny random model whose tokenizer carries that family's format, through the
-in-process vLLM engine and through verl's Ray rollout stack, checked token
-for token. One engine (or one cluster) at a time."""
+tiny random model whose tokenizer carries that family's upstream template,
+through the in-process vLLM engine and through a vLLM server (token ids over
+HTTP, and chat with the server's tool parser), checked token for token and
+against a transformers forward pass (every sampled token's logprob; the
+models are confident and run in float32). verl's stack runs each family in
+tests/verl/test_families.py. One engine at a time."""
 
 from __future__ import annotations
 
@@ -12,15 +15,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from agentfly_min import Agent, AsyncVerlConfig, Completion, Generate, Request, rollout
+from agentfly_min import Agent, Completion, Generate, Request, rollout
 from agentfly_min.templates import Turn, get_template
 from agentfly_min.testing import tiny_model
-from agentfly_min.local.verl_cluster import VerlCluster
 from agentfly_min.tools import calculator
-from agentfly_min.transports.verl import open_verl
 from agentfly_min.transports.vllm import VLLMEngine, vllm_generate
 
 from .conftest import CACHE, WORK
+from .logprob_oracle import TOLERANCE, worst_difference
 from .vllm_support import ENGINE_CONFIG, assert_gone, assert_reaped, engine_children
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -28,13 +30,32 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 # A forced first turn for each family (the model is random): a call to the
 # calculator in the family's own format.
 FORCED = {
+    "qwen2.5": r'<tool_call>\n\{"name": "calculator", "arguments": \{"expression": "[1-9]\+[1-9]"\}\}\n</tool_call>',
     "qwen3": (
         r'<think>\n[a-z]{1,8}\n</think>\n\n<tool_call>\n\{"name": "calculator", '
         r'"arguments": \{"expression": "[1-9]\+[1-9]"\}\}\n</tool_call>'
     ),
+    "qwen3-coder": r"<tool_call>\n<function=calculator>\n<parameter=expression>\n[1-9]\+[1-9]\n</parameter>\n</function>\n</tool_call>",
     "llama3": r'\{"name": "calculator", "parameters": \{"expression": "[1-9]\+[1-9]"\}\}',
 }
-TEMPLATE_OF = {"qwen3": "qwen3", "llama3": "llama3"}
+TEMPLATE_OF = {"qwen2.5": "qwen2.5", "qwen3": "qwen3", "qwen3-coder": "qwen3-coder", "llama3": "llama3"}
+# float32, for the forward-pass oracle (bfloat16 differs from it by about 1e-2)
+FLOAT32 = msgspec.structs.replace(ENGINE_CONFIG, dtype="float32")
+
+
+def model_of(family: str) -> Path:
+    path: Path = tiny_model(CACHE, family=family, peaked=True)  # type: ignore[arg-type]
+    return path
+
+
+def check_logprobs(family: str, trajectories: list[Any], record: dict[str, list[tuple[Request, Completion]]]) -> None:
+    """Every token of the freely sampled last turn has the logprob
+    transformers gives it on the same ids (the first turn is held to a
+    grammar, which vLLM applies before it takes logprobs)."""
+    worst = max(
+        worst_difference(model_of(family), t, last=len(record[t.request_id][-1][1].outputs[0].token_ids or ())) for t in trajectories
+    )
+    assert worst < TOLERANCE, worst
 
 
 def forcing(inner: Generate, family: str, record: dict[str, list[tuple[Request, Completion]]]) -> Generate:
@@ -79,16 +100,19 @@ def check_token_exact(family: str, tokenizer: Any, trajectories: list[Any], reco
         ending = tokenizer.convert_ids_to_tokens(sampled[0][-1])
         if family == "llama3" and ending in ("<|end_of_text|>", "<|eom_id|>"):
             seen = seen.replace(ending, "<|eot_id|>", 1)  # the prompt has neither: this is the turn's end
+        if family.startswith("qwen") and ending == "<|endoftext|>":
+            # Qwen stops on <|endoftext|> too; the template's <|im_end|> is spliced in after it.
+            seen = seen.replace(ending, "", 1)
         assert seen == full
         assert list(second_prompt) == [*t.prompt_ids, *sampled[0], *between]
         assert list(t.prompt_ids) == tokenizer.encode(template.render(t.messages[:1], (calculator.schema,)), add_special_tokens=False)
 
 
-@pytest.fixture(scope="module", params=["qwen3", "llama3"])
+@pytest.fixture(scope="module", params=["qwen2.5", "qwen3", "qwen3-coder", "llama3"])
 def family_engine(request: pytest.FixtureRequest) -> Iterator[tuple[str, VLLMEngine]]:
     family: str = request.param
     before = {p.pid for p in engine_children()}
-    engine = VLLMEngine.start(ENGINE_CONFIG, tiny_model(CACHE, family=family))  # type: ignore[arg-type]
+    engine = VLLMEngine.start(FLOAT32, model_of(family))
     children = [p for p in engine_children() if p.pid not in before]
     yield family, engine
     engine.close()
@@ -104,56 +128,36 @@ async def test_family_episodes_on_the_vllm_engine_are_token_exact(family_engine:
     trajectories = await rollout(agent, forcing(vllm_generate(engine), family, record), tasks, n=2, tokenizer=engine.tokenizer)
     assert len(trajectories) == 6
     check_token_exact(family, engine.tokenizer, trajectories, record)
-
-
-@pytest.fixture(scope="module", params=["qwen3", "llama3"])
-def family_cluster(request: pytest.FixtureRequest) -> Iterator[tuple[str, VerlCluster, Any]]:
-    from transformers import AutoTokenizer
-
-    family: str = request.param
-    model = tiny_model(CACHE, family=family)  # type: ignore[arg-type]
-    before = {p.pid for p in engine_children()}
-    with VerlCluster(model, work_dir=WORK) as cluster:
-        started = [p for p in engine_children() if p.pid not in before]
-        yield family, cluster, AutoTokenizer.from_pretrained(str(model))
-    assert_gone(started, timeout=60)
-
-
-async def test_family_episodes_through_verl_are_token_exact(family_cluster: tuple[str, VerlCluster, Any]) -> None:
-    family, cluster, tokenizer = family_cluster
-    record: dict[str, list[tuple[Request, Completion]]] = {}
-    agent = Agent(model_name_or_path=family, tools=[calculator], template=TEMPLATE_OF[family], max_turns=2, max_new_tokens=128, backend="async_verl")
-    tasks = [{"id": f"{family}-{i}", "question": f"What is {i}+{i}?"} for i in range(3)]
-    async with open_verl(AsyncVerlConfig(), cluster.client, tokenizer) as generate:
-        trajectories = await rollout(agent, forcing(generate, family, record), tasks, n=2, tokenizer=tokenizer)
-    check_token_exact(family, tokenizer, trajectories, record)
+    check_logprobs(family, trajectories, record)
 
 
 def test_models_are_built_per_family() -> None:
     from transformers import AutoConfig
 
-    for family, architecture in (("qwen2.5", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM"), ("llama3", "LlamaForCausalLM")):
+    families = (("qwen2.5", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM"), ("qwen3-coder", "Qwen3ForCausalLM"), ("llama3", "LlamaForCausalLM"))
+    for family, architecture in families:
         path: Path = tiny_model(CACHE, family=family)  # type: ignore[arg-type]
         assert AutoConfig.from_pretrained(str(path)).architectures == [architecture]
 
 
 # --- the OpenAI client transport, against a vLLM server with the family's tool parser ---
 
-SERVER_PARSER = {"qwen3": "hermes", "llama3": "llama3_json"}
+SERVER_PARSER = {"qwen2.5": "hermes", "qwen3": "hermes", "llama3": "llama3_json"}
 FORCED_CALL_ONLY = {
+    "qwen2.5": FORCED["qwen2.5"],
     "qwen3": r'<tool_call>\n\{"name": "calculator", "arguments": \{"expression": "[1-9]\+[1-9]"\}\}\n</tool_call>',
     "llama3": FORCED["llama3"],
 }
 
 
-@pytest.fixture(scope="module", params=["qwen3", "llama3"])
+@pytest.fixture(scope="module", params=["qwen2.5", "qwen3", "llama3"])
 def family_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
     from agentfly_min.local import VLLMServer
 
     family: str = request.param
-    model = tiny_model(CACHE, family=family)  # type: ignore[arg-type]
     before = {p.pid for p in engine_children()}
-    with VLLMServer(model, work_dir=WORK, max_model_len=1024, tool_parser=SERVER_PARSER[family]) as server:
+    float32 = ("--dtype", "float32")  # after the server's own --dtype: the last one counts
+    with VLLMServer(model_of(family), work_dir=WORK, max_model_len=1024, tool_parser=SERVER_PARSER[family], extra_args=float32) as server:
         started = [p for p in engine_children() if p.pid not in before]
         yield family, server
     assert_gone(started)
@@ -184,6 +188,25 @@ async def test_family_episodes_through_a_vllm_server_and_its_tool_parser(family_
         assert t.messages[2].role == "tool" and t.messages[2].text.isdigit()
 
 
+async def test_family_episodes_over_token_ids_are_token_exact(family_server: tuple[str, Any]) -> None:
+    """Token ids over HTTP (vLLM's /v1/completions with return_token_ids),
+    the client's tokenizer checked against the server's on entry."""
+    from transformers import AutoTokenizer
+
+    from agentfly_min import ClientConfig, open_backend
+
+    family, server = family_server
+    tokenizer = AutoTokenizer.from_pretrained(str(model_of(family)))
+    config = ClientConfig(base_url=server.base_url, timeout=120, max_retries=0, token_ids=True)
+    agent = Agent(model_name_or_path=family, tools=[calculator], template=TEMPLATE_OF[family], max_turns=2, max_new_tokens=64)
+    record: dict[str, list[tuple[Request, Completion]]] = {}
+    async with open_backend(config, tokenizer=tokenizer) as generate:
+        tasks = [{"id": f"h{i}", "question": f"What is {i}+{i}?"} for i in range(2)]
+        trajectories = await rollout(agent, forcing(generate, family, record), tasks, n=2, tokenizer=tokenizer)
+    check_token_exact(family, tokenizer, trajectories, record)
+    check_logprobs(family, trajectories, record)
+
+
 # --- Mistral: mistral_common's Tekken tokenizer in vLLM (tokenizer_mode="mistral") ---
 
 MISTRAL_CALL = r'\[\{"name": "calculator", "arguments": \{"expression": "[1-9]\+[1-9]"\}, "id": "[a-z]{9}"\}\]'
@@ -192,8 +215,8 @@ MISTRAL_CALL = r'\[\{"name": "calculator", "arguments": \{"expression": "[1-9]\+
 @pytest.fixture(scope="module")
 def mistral_engine() -> Iterator[VLLMEngine]:
     before = {p.pid for p in engine_children()}
-    config = msgspec.structs.replace(ENGINE_CONFIG, engine_args={**ENGINE_CONFIG.engine_args, "tokenizer_mode": "mistral"})
-    engine = VLLMEngine.start(config, tiny_model(CACHE, family="mistral"))
+    config = msgspec.structs.replace(FLOAT32, engine_args={**FLOAT32.engine_args, "tokenizer_mode": "mistral"})
+    engine = VLLMEngine.start(config, model_of("mistral"))
     children = [p for p in engine_children() if p.pid not in before]
     yield engine
     engine.close()
@@ -254,6 +277,7 @@ async def test_mistral_episodes_on_the_vllm_engine_are_token_exact(mistral_engin
         assert second[: len(t.prompt_ids)] == rendered[: len(t.prompt_ids)] == list(t.prompt_ids)
         between = get_template("mistral").between_ids(tokenizer, Turn(history=t.messages[:2], sampled=sampled[0], results=t.messages[2:3], tools=(calculator.schema,)))
         assert second == [*t.prompt_ids, *sampled[0], *between] and rendered[len(rendered) - len(between) :] == between
+    check_logprobs("mistral", trajectories, record)
 
 
 # --- gpt-oss: harmony's ids in vLLM (no tokenizer file: skip_tokenizer_init) ---
@@ -262,8 +286,8 @@ async def test_mistral_episodes_on_the_vllm_engine_are_token_exact(mistral_engin
 @pytest.fixture(scope="module")
 def harmony_engine() -> Iterator[VLLMEngine]:
     before = {p.pid for p in engine_children()}
-    config = msgspec.structs.replace(ENGINE_CONFIG, engine_args={**ENGINE_CONFIG.engine_args, "skip_tokenizer_init": True})
-    engine = VLLMEngine.start(config, tiny_model(CACHE, family="gpt-oss"))
+    config = msgspec.structs.replace(FLOAT32, engine_args={**FLOAT32.engine_args, "skip_tokenizer_init": True})
+    engine = VLLMEngine.start(config, model_of("gpt-oss"))
     children = [p for p in engine_children() if p.pid not in before]
     yield engine
     engine.close()
@@ -314,3 +338,4 @@ async def test_gpt_oss_episodes_on_the_vllm_engine_are_token_exact(harmony_engin
         assert [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m] == [i for s in sampled for i in s]
         expected = enc.render_conversation_for_completion(harmony_conversation(t.messages[:3], [calculator.schema]), Role.ASSISTANT)
         assert turns[1][0].prompt_ids is not None and list(turns[1][0].prompt_ids) == list(expected)  # harmony's own render
+    check_logprobs("gpt-oss", trajectories, record)

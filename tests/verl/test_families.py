@@ -1,9 +1,11 @@
 """Every chat family through verl's agent-loop managers, each with a model
 and tokenizer of that family served by verl's own vLLM server actor: the
 loop recognises the family from the tokenizer (by registered name, on the v1
-trainer path) or takes it from the YAML (legacy path), and the prompt it
-sends is the one the tokenizer's own chat template renders, as verl renders
-prompts for its own loops."""
+trainer path) or takes it from the YAML (legacy path), the prompt it sends
+is the one the tokenizer's own chat template renders, as verl renders
+prompts for its own loops, and every sampled token's logprob verl's server
+returned equals a transformers forward pass over the row's ids (confident
+models, float32 on both sides)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from agentfly_min.testing import tiny_model
 from agentfly_min.tools import calculator
 
 from ..conftest import CACHE, WORK
+from ..logprob_oracle import TOLERANCE, recompute
 from .conftest import Row, group_keys, legacy_batch, v1_batch, wait_for_groups
 
 pytestmark = [pytest.mark.slow]
@@ -29,6 +32,7 @@ QUESTION = "What is 2+2?"
 FAMILIES: list[tuple[str, dict[str, Any], str, dict[str, Any]]] = [
     ("qwen3", {}, "qwen3", {}),
     ("qwen3", {"enable_thinking": False}, "qwen3-nothink", {}),
+    ("qwen3-coder", {}, "qwen3-coder", {}),
     ("llama3", {}, "llama3", {}),
     ("mistral", {}, "mistral", {"tokenizer_mode": "mistral"}),
     ("qwen2.5", {}, "hf", {}),  # the bridge, named in the YAML: the model's own template, rendered by it
@@ -70,13 +74,14 @@ def test_a_family_through_verls_v1_and_legacy_managers(
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.workers.config.model import HFModelConfig
 
-    model = tiny_model(CACHE, family=family)  # type: ignore[arg-type]
+    model = tiny_model(CACHE, family=family, peaked=True)  # type: ignore[arg-type]
     if stack.model != str(model):
         stack.serve(model, engine_kwargs=engine)
     tokenizer = HFModelConfig(path=str(model)).tokenizer  # as verl's workers load it
     expected = _own_render(tokenizer, options)
     overrides = tuple(f"+data.apply_chat_template_kwargs.{key}={str(value).lower()}" for key, value in options.items())
-    config = stack.trainer_config(agent_loop_config_path=_yaml(template), overrides=overrides)
+    # Room for Llama 3's prompt, whose tool list is JSON indented by 4 (about 700 tiny-tokenizer tokens).
+    config = stack.trainer_config(agent_loop_config_path=_yaml(template), prompt_length=800, response_length=128, overrides=overrides)
     try:
         # v1 (main_ppo's default), by registered name: the family is recognised (hf is only ever named).
         if template != "hf":
@@ -94,7 +99,12 @@ def test_a_family_through_verls_v1_and_legacy_managers(
             assert record is not None and record["failed"] is False, record
             assert prompt.tolist() == expected
             (responses,) = data["responses"].unbind(0)
+            (mask,) = data["response_mask"].unbind(0)
+            (logprobs,) = data["rollout_log_probs"].unbind(0)
             assert len(responses) > 0
+            recomputed = recompute(model, prompt.tolist(), responses.tolist())
+            worst = max(abs(a - b) for a, b, m in zip(logprobs.tolist(), recomputed, mask.tolist(), strict=True) if m)
+            assert worst < TOLERANCE, worst
         # legacy, by the YAML entry that names the template (an in-process
         # AgentLoopWorker: the code its Ray actors run, without a process to start)
         worker = AgentLoopWorker(config, stack.client)
