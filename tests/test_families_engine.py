@@ -61,7 +61,8 @@ def check_logprobs(family: str, trajectories: list[Any], record: dict[str, list[
 def forcing(inner: Generate, family: str, record: dict[str, list[tuple[Request, Completion]]]) -> Generate:
     async def generate(request: Request) -> Completion:
         first = len(request.messages) == 1
-        sent = msgspec.structs.replace(request, regex=FORCED[family]) if first else request
+        # Room for the grammar: a constrained sampler may spell the call a character at a time.
+        sent = msgspec.structs.replace(request, regex=FORCED[family], max_new_tokens=192) if first else request
         completion = await inner(sent)
         assert request.request_id is not None
         record.setdefault(request.request_id, []).append((request, completion))

@@ -80,8 +80,9 @@ def test_a_family_through_verls_v1_and_legacy_managers(
     tokenizer = HFModelConfig(path=str(model)).tokenizer  # as verl's workers load it
     expected = _own_render(tokenizer, options)
     overrides = tuple(f"+data.apply_chat_template_kwargs.{key}={str(value).lower()}" for key, value in options.items())
-    # Room for Llama 3's prompt, whose tool list is JSON indented by 4 (about 700 tiny-tokenizer tokens).
-    config = stack.trainer_config(agent_loop_config_path=_yaml(template), prompt_length=800, response_length=128, overrides=overrides)
+    # Room for Qwen3-Coder's prompt, whose tool list is XML (874 tiny-tokenizer tokens; Llama 3's
+    # JSON indented by 4 takes 703): a longer prompt is cut on the left, as verl cuts its own.
+    config = stack.trainer_config(agent_loop_config_path=_yaml(template), prompt_length=896, response_length=128, overrides=overrides)
     try:
         # v1 (main_ppo's default), by registered name: the family is recognised (hf is only ever named).
         if template != "hf":
