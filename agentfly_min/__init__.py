@@ -10,6 +10,7 @@ from .errors import (
     ContextLengthError,
     GenerationTimeoutError,
     MalformedResponseError,
+    OutputBusyError,
     PermanentError,
     RetriesExhaustedError,
     StructuredOutputError,
@@ -98,4 +99,5 @@ __all__ = [
     "RetriesExhaustedError",
     "StructuredOutputError",
     "TokenizerMismatchError",
+    "OutputBusyError",
 ]

@@ -17,7 +17,7 @@ import anyio
 import msgspec
 
 from .configs import ClientConfig
-from .errors import ConfigError, TransportError
+from .errors import ConfigError, OutputBusyError, TransportError
 from .records import Completion, Message, Request
 from .transports import open_backend
 
@@ -328,6 +328,9 @@ def rollout_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; {count} trajectories written; run again to resume", file=sys.stderr)
         return 130
+    except OutputBusyError as exc:
+        print(f"agentfly-min: {exc}", file=sys.stderr)
+        return 2
     print("", file=sys.stderr)
     for line in summary.lines():
         print(line, file=sys.stderr)

@@ -21,6 +21,7 @@ __all__ = [
     "GenerationTimeoutError",
     "RetriesExhaustedError",
     "TokenizerMismatchError",
+    "OutputBusyError",
 ]
 
 
@@ -124,3 +125,7 @@ class RetriesExhaustedError(TransportError):
 class TokenizerMismatchError(AgentflyError, ValueError):
     """The client's tokenizer and the server's make other ids of the same
     text: token-id requests would be read as other text."""
+
+
+class OutputBusyError(AgentflyError, RuntimeError):
+    """Another rollout is appending to the same output file."""

@@ -3,18 +3,21 @@ trajectories appended to JSONL as they finish, resumable."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import pkgutil
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import msgspec
 
 from .agent import Agent, Backend, Trajectory, rollout_stream
 from .configs import AsyncVerlConfig, AsyncVLLMConfig, ClientConfig
-from .errors import ConfigError
+from ._text import scrub_all
+from .errors import ConfigError, OutputBusyError
 from .records import Generate
 from .stream import Stream
 from .templates import TemplateName
@@ -132,24 +135,28 @@ class _Done(msgspec.Struct, frozen=True):
 
 
 def read_done(path: Path, on_unreadable: Callable[[int, str], None] | None = None) -> set[tuple[str, int]]:
-    """The (task id, chain) pairs already in an output file.
+    """The (task id, chain) pairs already in an output file. Reads only:
+    the file is never changed here.
 
-    Nothing complete is ever deleted: only a last line without its newline
-    (cut off by an interruption) is removed, so appending goes on from a line
-    boundary. A complete line that cannot be read as a trajectory's ids is
-    kept byte for byte and reported (with its 1-based number) to
-    ``on_unreadable``; its chain is run again."""
+    A complete line that cannot be read as a trajectory's ids is reported
+    (with its 1-based number) to ``on_unreadable``; its chain is run again.
+    A last line without its newline (cut off by an interruption) is not
+    counted."""
+    return _scan(path, on_unreadable)[0]
+
+
+def _scan(path: Path, on_unreadable: Callable[[int, str], None] | None) -> tuple[set[tuple[str, int]], int | None, int]:
+    """The done pairs, where a partial last line starts (None if there is
+    none), and the bytes read."""
     if not path.exists():
-        return set()
+        return set(), None, 0
     done: set[tuple[str, int]] = set()
     decoder = msgspec.json.Decoder(_Done)
     offset = 0
-    cut_at: int | None = None
     with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.endswith(b"\n"):
-                cut_at = offset  # a partial last line
-                break
+                return done, offset, offset + len(line)
             offset += len(line)
             if not line.strip():
                 continue
@@ -160,10 +167,32 @@ def read_done(path: Path, on_unreadable: Callable[[int, str], None] | None = Non
                     on_unreadable(number, f"kept as it is, not a trajectory ({exc})")
                 continue
             done.add((entry.task_id, entry.chain_index))
-    if cut_at is not None:
-        with path.open("r+b") as handle:
-            handle.truncate(cut_at)
-    return done
+    return done, None, offset
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[BinaryIO]:
+    """``path`` open for appending, held with an exclusive advisory lock for
+    as long as the block runs: two rollouts appending to one file would
+    interleave their lines and each resume would cut the other's."""
+    with path.open("ab") as sink:
+        try:
+            fcntl.flock(sink.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusyError(f"{path} is being written by another rollout (it holds the file's lock)") from None
+        try:
+            yield sink
+        finally:
+            fcntl.flock(sink.fileno(), fcntl.LOCK_UN)
+
+
+def _encoded(trajectory: Trajectory) -> bytes:
+    """One output line. Lone surrogates, which JSON cannot carry, become
+    U+FFFD here, so one chain's text can never stop the file."""
+    try:
+        return msgspec.json.encode(trajectory) + b"\n"
+    except UnicodeEncodeError:
+        return msgspec.json.encode(scrub_all(msgspec.to_builtins(trajectory))) + b"\n"
 
 
 class RolloutSummary(msgspec.Struct, kw_only=True):
@@ -275,16 +304,22 @@ async def run_rollout_file(
     """Run every (task, chain) not yet in ``out`` and append each trajectory
     to ``out`` as it finishes (flushed line by line). ``tasks`` is read
     lazily and at most ``concurrency`` chains are alive, so memory does not
-    grow with the number of tasks."""
-    done = read_done(out, on_unreadable)
+    grow with the number of tasks. A second rollout appending to the same
+    ``out`` is refused with :class:`OutputBusyError` (an advisory lock held
+    for the run)."""
     summary = RolloutSummary()
-    with out.open("ab") as sink:
+    with _locked(out) as sink:
+        done, partial, read = _scan(out, on_unreadable)
+        if partial is not None and os.fstat(sink.fileno()).st_size == read:
+            # An interrupted run's last line: appending goes on from a line
+            # boundary. Cut only if nobody wrote after it since it was read.
+            os.truncate(out, partial)
         async with _transport(agent, spec, work_dir, device) as (generate, tokenizer):
             async with rollout_stream(
                 agent, generate, tasks, n=n, concurrency=concurrency, tokenizer=tokenizer, skip=done
             ) as trajectories:
                 async for trajectory in trajectories:
-                    sink.write(msgspec.json.encode(trajectory) + b"\n")
+                    sink.write(_encoded(trajectory))
                     sink.flush()
                     summary.add(trajectory)
                     on_trajectory(trajectory)

@@ -28,6 +28,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._text import one_line
+from .._user_code import escapes
 from ..errors import ConfigError, ContextLengthError
 from ..records import Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, ToolSchema, Usage
 from ..templates import MalformedToolCall, ParsedCall, ParsedTurn, Template, Turn, get_template
@@ -58,13 +59,17 @@ Progress = Callable[[int, int, Trajectory], None]
 def task_id(task: Task, index: int) -> str:
     """A task's id: its ``id`` field, else ``#<index>`` (its position), which
     an explicit id rarely takes; :func:`rollout` refuses a repeated id."""
-    return str(task["id"]) if "id" in task else f"#{index}"
+    given: object = task  # a task list or file may hold anything
+    return str(given["id"]) if isinstance(given, Mapping) and "id" in given else f"#{index}"
 
 
 def task_messages(task: Task, system_prompt: str | None) -> tuple[Message, ...]:
     """The opening messages of a task: ``messages`` (OpenAI shape), or
     ``question`` / ``prompt`` text as one user message; ``system_prompt``
     goes first unless the task brings its own system message."""
+    given: object = task
+    if not isinstance(given, Mapping):
+        raise ValueError(f"a task is a mapping (a dict), got {type(given).__name__}")
     if "messages" in task:
         messages = msgspec.convert(task["messages"], tuple[Message, ...])
     else:
@@ -124,8 +129,9 @@ class _Tokens:
         self.mask.extend([1] * len(ids))
         self.sources.extend([message_index] * len(ids))
         if self.logprobs is not None:
-            if output.logprobs is not None and len(output.logprobs) == len(ids):
-                self.logprobs.extend(output.logprobs)
+            logprobs = _finite(output.logprobs)
+            if logprobs is not None and len(logprobs) == len(ids):
+                self.logprobs.extend(logprobs)
             else:
                 self.logprobs = None
         if self.versions is not None:
@@ -153,6 +159,22 @@ class _Tokens:
         if self.versions is not None:
             self.versions.extend([-1] * len(ids))
         return fits
+
+
+LOGPROB_FLOOR = -9999.0
+"""What a logprob of ``-inf`` is recorded as: vLLM's OpenAI server's floor.
+JSON has no infinity (it would be written as ``null`` and the line would no
+longer read as a trajectory)."""
+
+
+def _finite(logprobs: Sequence[float] | None) -> Sequence[float] | None:
+    """``logprobs`` with ``-inf`` at the floor; None if one is NaN or
+    ``+inf`` (no probability: a broken report, not a value)."""
+    if logprobs is None or all(map(math.isfinite, logprobs)):
+        return logprobs
+    if any(math.isnan(x) or x == math.inf for x in logprobs):
+        return None
+    return [max(x, LOGPROB_FLOOR) for x in logprobs]
 
 
 def _calls(
@@ -212,7 +234,9 @@ async def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> tuple[str, str
         return f"Error: the arguments for {name} are not valid JSON ({exc}).", "invalid_json"
     except ToolError as exc:
         return f"Error: {exc}", "tool_error"
-    except Exception as exc:  # noqa: BLE001 - a tool is user code; its failure is reported to the model
+    except BaseException as exc:  # noqa: BLE001 - a tool is user code; its failure is reported to the model
+        if escapes(exc):
+            raise
         return f"Error: {name} raised {type(exc).__name__}: {one_line(str(exc))}", "raised"
     raise AssertionError("unreachable")
 
@@ -268,7 +292,9 @@ async def _reward(agent: Agent[Any], trajectory: Trajectory, task: Task) -> Traj
             if inspect.isawaitable(value):
                 value = await value
         reward = float(value)
-    except Exception as exc:  # noqa: BLE001 - a reward is user code; its failure is recorded, not raised
+    except BaseException as exc:  # noqa: BLE001 - a reward is user code; its failure is recorded, not raised
+        if escapes(exc):
+            raise
         error = f"{type(exc).__name__}: {one_line(str(exc))}"
     if reward is not None and not math.isfinite(reward):
         error, reward = f"the reward is {reward} (not a finite number)", None
@@ -294,7 +320,8 @@ class _Episode:
         self.schemas = tuple(t.schema for t in agent.tools)
         self.messages: list[Message] = []
         self.tokens: _Tokens | None = None
-        self.token_level = False
+        self.had_ids = False
+        self.gap: int | None = None  # the first turn that came back without token ids
         self.turns = self.tool_calls = self.tool_rounds = self.attempts = 0
         self.prompt_tokens = self.completion_tokens = self.cached_tokens = self.reasoning_tokens = 0
         self.tool_errors: Counter[str] = Counter()
@@ -306,6 +333,11 @@ class _Episode:
         self.min_version: int | None = None
         self.turn_seconds: list[float] = []
         self.tool_seconds = 0.0
+
+    @property
+    def token_level(self) -> bool:
+        """Whether every turn so far brought its sampled ids (and one did)."""
+        return self.had_ids and self.gap is None
 
     def room(self) -> int | None:
         """Tokens the episode may still add within its budgets, or None if unbounded."""
@@ -341,9 +373,15 @@ class _Episode:
             oldest = completion.weight_version if completion.min_weight_version is None else completion.min_weight_version
             self.min_version = oldest if self.min_version is None else min(self.min_version, oldest)
         output = completion.outputs[0]
-        if self.tokens is not None and output.token_ids is not None:
-            self.token_level = True
-            self.tokens.sampled(output, len(self.messages))  # the assistant message this turn becomes
+        if self.tokens is not None:
+            if output.token_ids is None:
+                if self.gap is None:
+                    self.gap = self.turns - 1
+                    if self.had_ids:
+                        _log.warning("%s: turn %d came back without token ids; the trajectory is not token-exact", self.session, self.gap)
+            elif self.gap is None:
+                self.had_ids = True
+                self.tokens.sampled(output, len(self.messages))  # the assistant message this turn becomes
         return output
 
     def trajectory(self, reason: EpisodeEnd, *, error: str | None = None) -> Trajectory:
@@ -357,6 +395,7 @@ class _Episode:
             finish_reason=reason,
             num_turns=self.turns,
             token_level=tokens is not None,
+            token_gap=self.gap if self.had_ids else None,
             prompt_ids=tuple(self.tokens.prompt_ids) if self.tokens else (),
             prompt_tokens_dropped=self.tokens.dropped if self.tokens else 0,
             response_ids=tuple(tokens.ids) if tokens else (),
@@ -410,10 +449,12 @@ async def _turns(episode: _Episode, generate: Generate, emit: Emit | None = None
         request = Request(
             messages=tuple(episode.messages),
             tools=episode.schemas,
-            prompt_ids=tokens.context() if tokens is not None else None,
+            # After a turn without ids the context in ids is incomplete:
+            # the transport renders the messages instead.
+            prompt_ids=tokens.context() if tokens is not None and episode.gap is None else None,
             max_new_tokens=max_new,
             temperature=agent.temperature,
-            logprobs=tokens is not None and agent.logprobs,
+            logprobs=tokens is not None and episode.gap is None and agent.logprobs,
             request_id=episode.session,
         )
         started = anyio.current_time()
@@ -421,7 +462,9 @@ async def _turns(episode: _Episode, generate: Generate, emit: Emit | None = None
             completion = await generate(request)
         except ContextLengthError:  # the engine's context is full: a budget, not a failure
             return "context", None
-        except Exception as exc:  # noqa: BLE001 - a transport or middleware may be user code; the chain records it
+        except BaseException as exc:  # noqa: BLE001 - a transport or middleware may be user code; the chain records it
+            if escapes(exc):
+                raise
             return "error", _failure(exc)
         if not completion.outputs:  # a Completion built around its own checks
             return "error", "MalformedResponseError: the transport returned no outputs"
@@ -505,7 +548,8 @@ async def _episode(
     request_id: str | None,
     emit: Emit | None,
 ) -> Trajectory:
-    ident = task_id if task_id is not None else str(task.get("id", "0"))
+    given: object = task
+    ident = task_id if task_id is not None else str(given.get("id", "0")) if isinstance(given, Mapping) else "0"
     # The session id travels in headers (a router's affinity key): visible ASCII, bounded.
     session = request_id or f"{_HEADER_UNSAFE.sub('_', ident)[:200]}-{chain_index}-{uuid.uuid4().hex[:12]}"
     episode = _Episode(agent, ident, chain_index, session, tokenizer)
@@ -520,7 +564,9 @@ async def _episode(
         if error is not None:
             _log.warning("%s: episode ended by an error: %s", session, error)
         return await _reward(agent, episode.trajectory(reason, error=error), task)
-    except Exception as exc:  # noqa: BLE001 - the promise: every episode ends in a trajectory
+    except BaseException as exc:  # noqa: BLE001 - the promise: every episode ends in a trajectory
+        if escapes(exc):
+            raise
         _log.exception("%s: episode failed", session)
         return episode.trajectory("error", error=_failure(exc))
 
@@ -622,7 +668,9 @@ async def rollout(
             if progress is not None:
                 try:
                     progress(len(finished), total, trajectory)
-                except Exception:  # noqa: BLE001 - a progress callback is user code; it must not stop the rollout
+                except BaseException as exc:  # noqa: BLE001 - a progress callback is user code; it must not stop the rollout
+                    if escapes(exc):
+                        raise
                     _log.warning("the progress callback raised; the rollout goes on", exc_info=True)
     finished.sort(key=lambda t: (order[t.task_id], t.chain_index))
     return finished

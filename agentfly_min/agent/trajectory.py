@@ -26,7 +26,8 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     the prompt: the tokens the model sampled, with the tokens of each tool
     observation spliced in between turns. ``response_mask`` is 1 exactly on
     sampled tokens; ``response_logprobs`` holds their log probabilities (0.0
-    where the mask is 0) and is None when they were not requested or the
+    where the mask is 0; ``-inf`` is recorded as -9999.0, vLLM's floor, since
+    JSON has no infinity) and is None when they were not requested or the
     transport did not return them for every sampled token, never zeros
     standing in for missing values. ``response_versions`` is the policy
     version (verl's ``global_steps``) that sampled each token (-1 where the
@@ -38,6 +39,10 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     can be built. The aligned fields have one entry per response token. The ids are
     the ones sampled; nothing was decoded and re-tokenised. With a text-only
     transport the response fields are empty and ``messages`` is the record.
+    A trajectory is token-exact or says it is not: when a token-level
+    transport returns a turn without its ids, ``token_gap`` is that turn,
+    ``token_level`` is False, the response fields are empty, and the turns
+    after it were sent as messages.
 
     ``error`` is set when something ended the episode early (a transport
     failure after its retries, a task that could not be read);
@@ -73,6 +78,7 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     finish_reason: EpisodeEnd
     num_turns: int
     token_level: bool
+    token_gap: int | None = None
     prompt_ids: tuple[int, ...] = ()
     response_ids: tuple[int, ...] = ()
     response_mask: tuple[int, ...] = ()

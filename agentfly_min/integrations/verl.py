@@ -140,6 +140,8 @@ def _failure(trajectory: Trajectory, logprobs: bool) -> str | None:
         return trajectory.error
     if trajectory.reward_error is not None:
         return f"reward: {trajectory.reward_error}"
+    if trajectory.token_gap is not None:
+        return f"not token-exact: the transport returned turn {trajectory.token_gap} without its token ids"
     if logprobs and trajectory.response_ids and trajectory.response_logprobs is None:
         return "the transport returned no logprobs, though verl asked for them"
     return None

@@ -12,6 +12,7 @@ import docstring_parser
 import msgspec
 from msgspec import Meta
 
+from .._text import scrub, scrub_all
 from .._validation import require_positive
 from ..errors import ConfigError
 from ..records import FunctionSchema, ToolSchema
@@ -48,7 +49,7 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
         """Validate the model's arguments and run the tool; raise
         :class:`msgspec.ValidationError` / :class:`msgspec.DecodeError` for bad
         arguments and whatever the tool raises. Results that are not strings
-        are written as JSON."""
+        are written as JSON; lone surrogates in a result become U+FFFD."""
         decoded = msgspec.json.decode(arguments_json or "{}", type=self.arguments)
         kwargs = msgspec.structs.asdict(decoded)
         if self.is_async:
@@ -60,7 +61,14 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
             # the event loop; if it overruns its timeout the thread is left to
             # finish on its own (threads cannot be killed).
             result = await anyio.to_thread.run_sync(lambda: self.function(**kwargs), abandon_on_cancel=True)
-        return result if isinstance(result, str) else msgspec.json.encode(result).decode()
+        # A result holding lone surrogates (a file name that is not UTF-8)
+        # could be neither tokenised nor written: they become U+FFFD.
+        if isinstance(result, str):
+            return scrub(result)
+        try:
+            return msgspec.json.encode(result).decode()
+        except UnicodeEncodeError:
+            return msgspec.json.encode(scrub_all(msgspec.to_builtins(result))).decode()
 
 
 def _schema(name: str, fields: list[tuple[str, Any, Any]]) -> tuple[type[msgspec.Struct], dict[str, Any]]:

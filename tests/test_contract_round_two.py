@@ -1,0 +1,337 @@
+"""The contract, round two: what hostile user code, hostile text and
+concurrent writers used to break. Each case failed before its fix; each
+async one runs on asyncio and on trio."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from agentfly_min import (
+    Agent,
+    Completion,
+    Generate,
+    Middleware,
+    OutputBusyError,
+    Output,
+    Request,
+    Trajectory,
+    compose,
+    rollout,
+    run_agent,
+)
+from agentfly_min.agent import rollout_stream
+from agentfly_min.runfile import load_agent, read_done, run_rollout_file
+from agentfly_min.testing import FakeOpenAIServer
+from agentfly_min.tools import calculator, tool
+
+from .test_cli import agent_toml
+
+pytestmark = pytest.mark.anyio
+
+CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
+
+
+def calling_then_answering() -> Generate:
+    """A model that calls the calculator, then answers."""
+
+    async def generate(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        text = CALL if request.messages[-1].role == "user" else "\\boxed{4}"
+        return Completion(outputs=(Output(text=text, finish_reason="stop"),))
+
+    return generate
+
+
+class Halt(BaseException):
+    """A user's own BaseException subclass."""
+
+
+# --- chains lost or poisoned -------------------------------------------------------
+
+
+@tool
+async def cancelling_tool(expression: str) -> str:
+    """A tool whose library leaked a CancelledError nobody asked for.
+
+    Args:
+        expression: ignored.
+    """
+    raise asyncio.CancelledError("leaked by a library")
+
+
+def raising_in_transport(exc: BaseException, on: str) -> Generate:
+    inner = calling_then_answering()
+
+    async def generate(request: Request) -> Completion:
+        if request.messages[-1].text == on:
+            await anyio.lowlevel.checkpoint()
+            raise exc
+        return await inner(request)
+
+    return generate
+
+
+def raising_middleware(exc: BaseException, on: str) -> Middleware:
+    def wrap(inner: Generate) -> Generate:
+        async def generate(request: Request) -> Completion:
+            if request.messages[-1].text == on:
+                raise exc
+            return await inner(request)
+
+        return generate
+
+    return wrap
+
+
+TASKS = [{"id": f"t{i}", "question": f"q{i}", "answer": "4"} for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    "where", ["tool", "transport", "middleware", "middleware-base-exception", "middleware-system-exit"]
+)
+async def test_anything_user_code_raises_ends_only_its_own_chain(where: str) -> None:
+    """A CancelledError (asyncio) or any BaseException raised by user code
+    when nothing cancelled the chain is that chain's recorded failure: the
+    other chains all finish."""
+    agent = Agent(model_name_or_path="m", tools=[calculator], max_turns=3)
+    generate = calling_then_answering()
+    expected = "CancelledError: leaked by a library"
+    if where == "tool":
+        agent = Agent(model_name_or_path="m", tools=[msgspec.structs.replace(cancelling_tool, name="calculator")], max_turns=3)
+    elif where == "transport":
+        generate = raising_in_transport(asyncio.CancelledError("leaked by a library"), on="q2")
+    elif where == "middleware":
+        generate = compose(raising_middleware(asyncio.CancelledError("leaked by a library"), on="q2"))(generate)
+    elif where == "middleware-base-exception":
+        generate, expected = compose(raising_middleware(Halt("stop"), on="q2"))(generate), "Halt: stop"
+    else:
+        generate, expected = compose(raising_middleware(SystemExit(3), on="q2"))(generate), "SystemExit: 3"
+    trajectories = await rollout(agent, generate, TASKS, n=2)
+    assert [(t.task_id, t.chain_index) for t in trajectories] == [(f"t{i}", c) for i in range(6) for c in range(2)]
+    for t in trajectories:
+        if where == "tool":
+            # the tool's failure is told to the model; the episode goes on
+            assert t.error is None and t.tool_error_kinds == {"raised": 1}
+            assert t.messages[2].text == "Error: calculator raised CancelledError: leaked by a library"
+        elif t.task_id == "t2":
+            assert t.finish_reason == "error" and t.error == expected
+        else:
+            assert t.error is None and t.finish_reason == "answer"
+
+
+async def test_a_real_cancellation_still_ends_the_rollout() -> None:
+    started = anyio.Event()
+
+    async def hanging(request: Request) -> Completion:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    with anyio.move_on_after(5) as outer:
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await rollout(Agent(model_name_or_path="m"), hanging, TASKS, n=2)
+                raise AssertionError("the rollout returned although it was cancelled")
+
+            tg.start_soon(run)
+            await started.wait()
+            tg.cancel_scope.cancel()
+    assert not outer.cancelled_caught
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cancelling_the_task_of_an_episode_on_asyncio_propagates() -> None:
+    async def hanging(request: Request) -> Completion:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    task = asyncio.ensure_future(run_agent(Agent(model_name_or_path="m"), hanging, {"question": "q"}))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_bad_task_among_good_ones_is_a_recorded_error_for_that_task() -> None:
+    tasks: list[Any] = [{"question": "q0", "answer": "4"}, None, "just text", {"question": "q3", "answer": "4"}]
+    agent = Agent(model_name_or_path="m", tools=[calculator], max_turns=3)
+    listed = await rollout(agent, calling_then_answering(), tasks)
+    streamed: list[Trajectory] = []
+    async with rollout_stream(agent, calling_then_answering(), iter(tasks)) as trajectories:
+        async for trajectory in trajectories:
+            streamed.append(trajectory)
+    for got in (listed, sorted(streamed, key=lambda t: t.task_id)):
+        assert [t.task_id for t in got] == ["#0", "#1", "#2", "#3"]
+        assert [t.error for t in got] == [
+            None,
+            "bad task: a task is a mapping (a dict), got NoneType",
+            "bad task: a task is a mapping (a dict), got str",
+            None,
+        ]
+
+
+@tool
+def listdir(path: str) -> str:
+    """List a directory whose one file name is not UTF-8.
+
+    Args:
+        path: the directory.
+    """
+    return "files: " + os.fsdecode(b"report-\xff.txt")
+
+
+def test_a_lone_surrogate_in_a_tool_result_is_replaced_and_the_file_rollout_goes_on(
+    fake_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_server.configure()
+    agent, spec = load_agent(agent_toml(tmp_path / "agent.toml", fake_server).read_bytes())
+    agent = msgspec.structs.replace(agent, tools=(listdir,), reward_fn=None)
+    call = '<tool_call>{"name": "listdir", "arguments": {"path": "."}}</tool_call>'
+    tasks = [{"id": f"t{i}", "question": call if i % 3 == 1 else f"q{i}"} for i in range(10)]
+    out = tmp_path / "out.jsonl"
+    written: list[Trajectory] = []
+
+    async def main() -> None:
+        await run_rollout_file(agent, spec, iter(tasks), out, n=1, concurrency=4, work_dir=tmp_path, on_trajectory=written.append)
+
+    anyio.run(main)
+    lines = [msgspec.json.decode(line, type=Trajectory) for line in out.read_bytes().splitlines()]
+    assert sorted(t.task_id for t in lines) == [f"t{i}" for i in range(10)]
+    results = [m.text for t in lines for m in t.messages if m.role == "tool"]
+    assert results and all(text == "files: report-\ufffd.txt" for text in results)
+    assert read_done(out) == {(f"t{i}", 0) for i in range(10)}
+
+
+async def test_a_turn_without_token_ids_makes_the_trajectory_say_it_is_not_token_exact(tokenizer: Any) -> None:
+    seen: list[Request] = []
+
+    async def generate(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        seen.append(request)
+        turn = len(seen) - 1
+        text = CALL if turn < 2 else "\\boxed{4}"
+        ids = tuple(tokenizer.encode(text, add_special_tokens=False))
+        return Completion(outputs=(Output(text=text, token_ids=None if turn == 1 else ids, finish_reason="stop"),))
+
+    agent = Agent(model_name_or_path="m", tools=[calculator], max_turns=4)
+    trajectory = await run_agent(agent, generate, {"question": "2+2?"}, tokenizer=tokenizer)
+    assert trajectory.finish_reason == "answer" and trajectory.num_turns == 3
+    assert not trajectory.token_level and trajectory.token_gap == 1
+    assert trajectory.response_ids == () and trajectory.response_mask == ()
+    # the turn after the gap went as messages: its ids would have lacked turn 1
+    assert seen[1].prompt_ids is not None and seen[2].prompt_ids is None
+
+
+async def test_a_text_transport_has_no_gap(tokenizer: Any) -> None:
+    trajectory = await run_agent(
+        Agent(model_name_or_path="m", tools=[calculator]), calling_then_answering(), {"question": "q"}, tokenizer=tokenizer
+    )
+    assert not trajectory.token_level and trajectory.token_gap is None
+
+
+async def test_a_logprob_of_minus_infinity_survives_the_round_trip_to_json(tokenizer: Any) -> None:
+    async def generate(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        ids = tuple(tokenizer.encode("\\boxed{4}", add_special_tokens=False))
+        logprobs = (-math.inf,) + (-0.5,) * (len(ids) - 1)
+        return Completion(outputs=(Output(text="\\boxed{4}", token_ids=ids, logprobs=logprobs, finish_reason="stop"),))
+
+    trajectory = await run_agent(Agent(model_name_or_path="m"), generate, {"question": "q"}, tokenizer=tokenizer)
+    assert trajectory.response_logprobs is not None and trajectory.response_logprobs[0] == -9999.0
+    again = msgspec.json.decode(msgspec.json.encode(trajectory), type=Trajectory)
+    assert again == trajectory
+
+
+async def test_a_nan_logprob_is_no_logprobs(tokenizer: Any) -> None:
+    async def generate(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        ids = tuple(tokenizer.encode("\\boxed{4}", add_special_tokens=False))
+        logprobs = (math.nan,) + (-0.5,) * (len(ids) - 1)
+        return Completion(outputs=(Output(text="\\boxed{4}", token_ids=ids, logprobs=logprobs, finish_reason="stop"),))
+
+    trajectory = await run_agent(Agent(model_name_or_path="m"), generate, {"question": "q"}, tokenizer=tokenizer)
+    assert trajectory.token_level and trajectory.response_logprobs is None
+
+
+# --- two writers ---------------------------------------------------------------------
+
+APPENDER = """
+import os, sys, time
+path, count = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+for i in range(count):
+    line = ('{"task_id": "other-%d", "chain_index": 0, "pad": "' % i + "x" * 200 + '"}\\n').encode()
+    os.write(fd, line[:50])
+    time.sleep(0.0002)
+    os.write(fd, line[50:])
+os.close(fd)
+"""
+
+
+def test_reading_what_is_done_never_changes_the_file_while_another_process_appends(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"task_id": "mine", "chain_index": 0}\n{"task_id": "cut')  # an interrupted run's last line
+    count = 2000
+    writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(out), str(count)])
+    try:
+        while writer.poll() is None:
+            read_done(out)
+    finally:
+        writer.wait(timeout=60)
+    lines = out.read_bytes().split(b"\n")
+    complete = [line for line in lines if line.startswith(b'{"task_id": "other-') and line.endswith(b'"}')]
+    assert len(complete) >= count - 1  # the first may have joined the cut line
+    assert read_done(out) >= {("mine", 0)} | {(f"other-{i}", 0) for i in range(1, count)}
+
+
+def test_a_second_rollout_on_the_same_output_is_refused(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    fake_server.configure(latency=0.3)
+    agent, spec = load_agent(agent_toml(tmp_path / "agent.toml", fake_server).read_bytes())
+    out = tmp_path / "out.jsonl"
+    tasks = [{"id": f"t{i}", "question": f"q{i}"} for i in range(4)]
+    outcome: list[BaseException | None] = []
+
+    async def one(delay: float) -> None:
+        await anyio.sleep(delay)
+        try:
+            await run_rollout_file(agent, spec, iter(tasks), out, n=1, concurrency=4, work_dir=tmp_path, on_trajectory=lambda t: None)
+            outcome.append(None)
+        except OutputBusyError as exc:
+            outcome.append(exc)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, 0.0)
+            tg.start_soon(one, 0.1)
+
+    anyio.run(main)
+    assert outcome[0] is not None and "being written by another rollout" in str(outcome[0])
+    assert outcome[1] is None
+    assert read_done(out) == {(f"t{i}", 0) for i in range(4)}
+
+
+def test_an_interrupted_runs_partial_line_is_cut_when_resuming(fake_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    fake_server.configure()
+    agent, spec = load_agent(agent_toml(tmp_path / "agent.toml", fake_server).read_bytes())
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"task_id": "t0", "chain_index": 0}\n{"task_id": "t1", "cha')
+    anyio.run(
+        lambda: run_rollout_file(
+            agent, spec, iter([{"id": f"t{i}", "question": f"q{i}"} for i in range(2)]), out,
+            n=1, concurrency=2, work_dir=tmp_path, on_trajectory=lambda t: None,
+        )
+    )  # fmt: skip
+    lines = out.read_bytes().splitlines()
+    assert lines[0] == b'{"task_id": "t0", "chain_index": 0}' and len(lines) == 2
+    assert msgspec.json.decode(lines[1], type=Trajectory).task_id == "t1"
