@@ -16,7 +16,7 @@ import pytest
 
 from agentfly_min import Agent, Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, Usage, run_agent, tool
 from agentfly_min.records import TextPart
-from agentfly_min.templates import ParsedCall, get_template, template_names
+from agentfly_min.templates import MalformedToolCall, ParsedCall, get_template, template_names
 from agentfly_min.tools import calculator
 from agentfly_min.transports._chat import prompt_ids, template_messages
 
@@ -557,3 +557,26 @@ def test_mistral_reads_the_args_format_of_newer_tokenizers() -> None:
     assert isinstance(second, ParsedCall) and (second.name, second.arguments, second.id) == ("lookup", '{"city": "Zürich"}', "a1b2c3d4e")
     (bad,) = parse("[TOOL_CALLS]calculator{}").calls
     assert not isinstance(bad, ParsedCall) and "[ARGS]" in bad.reason
+
+
+@given(st.lists(st.sampled_from(["<|channel|>", "<|message|>", "<|call|>", "<|foo|>", '"', "\\", " ", "a", "é", "<|", "|>"]), max_size=60).map("".join))
+def test_harmony_reads_text_in_pieces_that_decode_to_it(text: str) -> None:
+    """The parser's input is encoded a piece at a time (linear); the ids
+    still decode to the text, markers as their special tokens."""
+    from agentfly_min.templates.harmony import _encode, encoding
+
+    enc = encoding()
+    ids = _encode(text * 300)  # longer than a piece
+    assert enc.decode(ids) == text * 300
+    assert [i for i in ids if enc.is_special_token(i)] == [i for i in enc.encode(text * 300, allowed_special="all") if enc.is_special_token(i)]
+
+
+def test_harmony_hands_its_parser_only_readable_headers() -> None:
+    parse = get_template("gpt-oss").parse
+    call = "<|channel|>commentary to=functions.calculator <|constrain|>json<|message|>" + '{"expression": "1+1"}' + "<|call|>"
+    assert parse(call).calls == (ParsedCall(name="calculator", arguments='{"expression": "1+1"}'),)
+    # A header longer than any real one is not given to harmony (whose cost grows with it).
+    long_header = "<|channel|>commentary to=functions.calculator" + " " * 5000 + "<|message|>{}<|call|>"
+    (malformed,) = parse(long_header).calls
+    assert isinstance(malformed, MalformedToolCall)
+    assert parse("just text, no header").content == "just text, no header"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentfly_min import Message, Trajectory
 from agentfly_min.rewards import extract_answer, math_reward_string_equal, normalize_answer
@@ -34,7 +36,8 @@ def finished(*texts: str) -> Trajectory:
         ("\\boxed{42} but 43 is also near", "42", 1.0),  # a box beats later numbers
         ("The answer is 42", "43", 0.0),
         ("no digits here", "1", 0.0),
-        ("\\boxed{0.5}", "1/2", 0.0),  # no algebra: strings after light normalisation
+        ("\\boxed{0.5}", "1/2", 1.0),  # rationals compare as values
+        ("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", 0.0),  # no algebra: strings after light normalisation
         ("\\boxed{42", "42", 1.0),  # an unclosed box is ignored; the last number counts
         # Numbers are compared as numbers.
         ("\\boxed{\u22123}", "-3", 1.0),  # a unicode minus is a minus
@@ -50,7 +53,12 @@ def finished(*texts: str) -> Trajectory:
         ("so about 1e3", "3", 0.0),  # the 3 of 1e3 is not a number on its own
         ("so about 1e3", "1000", 1.0),
         ("it is between 3-5", "3", 0.0),  # a range, not "3" and "-5"
-        ("it is between 3-5", "5", 1.0),
+        ("it is between 3-5", "5", 0.0),  # nor "5": the number is part of an expression
+        ("3/4", "4", 0.0),
+        ("so 2 ^ 3.", "3", 0.0),
+        ("(1, 2).", "2", 0.0),
+        ("x = 4", "4", 1.0),  # an assignment binds nothing
+        ("4^\\circ", "4", 1.0),
         ("\\boxed{42} and then \\boxed{4", "42", 1.0),  # an unclosed last box hides nothing
         ("x3 is the variable", "3", 0.0),
         ("\\boxed{1/2}", "1/2", 1.0),  # not numbers: exact strings
@@ -81,3 +89,29 @@ def test_helpers() -> None:
     assert as_number("0.000") == 0
     assert as_number("1,2") is None  # not a thousands separator
     assert normalize_answer("\\text{\u221242}\\%") == "-42"
+
+
+def _boxes_quadratic(text: str) -> list[str]:
+    """The box reader before it was made linear: the reference it must equal."""
+    found: list[str] = []
+    at = text.find("\\boxed{")
+    while at >= 0:
+        depth, start = 1, at + len("\\boxed{")
+        for j in range(start, len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    found.append(text[start:j])
+                    break
+        at = text.find("\\boxed{", at + len("\\boxed{"))
+    return found
+
+
+@given(st.lists(st.sampled_from(["\\boxed{", "{", "}", "1", "x", " "]), max_size=40).map("".join))
+def test_the_linear_box_reader_equals_the_quadratic_one(text: str) -> None:
+    from agentfly_min.rewards.math import _last_box
+
+    boxes = _boxes_quadratic(text)
+    assert _last_box(text) == (boxes[-1] if boxes else None)

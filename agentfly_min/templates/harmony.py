@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,61 @@ from .hermes import MAX_CALLS, too_deep
 __all__ = ["TEMPLATE", "encoding", "gpt_oss_template", "harmony_conversation", "today"]
 
 _FUNCTIONS = "functions."
+# A harmony marker such as <|channel|>: the text is encoded between them, in
+# pieces, because BPE over one long run without a split (a wall of quotes or
+# backslashes) is quadratic in its length: 64 KB took 2.3 s in one piece.
+_MARKER = re.compile(r"<\|[^|<>]{1,32}\|>")
+_PIECE = 1024
+_ENDS = frozenset(("<|end|>", "<|call|>", "<|return|>"))
+# A header is a channel, a recipient and a content type: a few dozen
+# characters. harmony's parser waits for a header's end token by token at
+# about 30 us a token, so a turn with no header end, or a header longer than
+# any real one, is not given to it.
+_HEADER_LIMIT = 1024
+
+
+def _readable(text: str) -> bool:
+    """Whether harmony's parser can read a message in ``text``: it has a
+    ``<|message|>`` and every header before one is short."""
+    header_at: int | None = 0
+    found = False
+    for marker in _MARKER.finditer(text):
+        name = marker.group()
+        if name == "<|message|>" and header_at is not None:
+            if marker.start() - header_at > _HEADER_LIMIT:
+                return False
+            header_at, found = None, True
+        elif name in _ENDS:
+            header_at = marker.end()
+    return found
+
+
+@functools.cache
+def _marker_ids(marker: str) -> tuple[int, ...]:
+    return tuple(encoding().encode(marker, allowed_special="all"))
+
+
+def _encode(text: str) -> list[int]:
+    """``text``'s ids, linear in its length: markers as the special tokens
+    they name, the text between them encoded a piece at a time. The ids may
+    split the text differently from one encoding of the whole, but they
+    decode to the same text, which is all the parser reads."""
+    enc = encoding()
+    ids: list[int] = []
+    at = 0
+    for marker in _MARKER.finditer(text):
+        _encode_text(enc, text, at, marker.start(), ids)
+        ids.extend(_marker_ids(marker.group()))
+        at = marker.end()
+    _encode_text(enc, text, at, len(text), ids)
+    return ids
+
+
+def _encode_text(enc: Any, text: str, start: int, stop: int, ids: list[int]) -> None:
+    for at in range(start, stop, _PIECE):
+        # Plain text (the markers are split out): checking it for special
+        # tokens again would cost a regex build a call.
+        ids.extend(enc.encode(text[at : min(at + _PIECE, stop)], allowed_special=frozenset(), disallowed_special=()))
 
 
 @functools.cache
@@ -145,7 +201,9 @@ def parse(text: str) -> ParsedTurn:
 
     enc = encoding()
     try:
-        messages = enc.parse_messages_from_completion_tokens(enc.encode(text, allowed_special="all"), Role.ASSISTANT)
+        if not _readable(text):
+            raise ValueError("no message header harmony can read")
+        messages = enc.parse_messages_from_completion_tokens(_encode(text), Role.ASSISTANT)
     except Exception as exc:  # noqa: BLE001 - the parser is third-party code reading hostile tokens
         if _FUNCTIONS in text:
             return ParsedTurn(content="", calls=(MalformedToolCall(raw=text, reason=f"unreadable harmony message ({exc})"),))
