@@ -20,10 +20,18 @@ On trio, ``trio.Cancelled`` cannot be raised by user code at all.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
-__all__ = ["escapes"]
+__all__ = ["escapes", "run_in_daemon_thread"]
+
+T = TypeVar("T")
 
 
 def escapes(exc: BaseException) -> bool:
@@ -40,3 +48,35 @@ def escapes(exc: BaseException) -> bool:
         task = asyncio.current_task()
         return task is None or task.cancelling() > 0
     return True
+
+
+async def run_in_daemon_thread(function: Callable[[], T], *, name: str) -> T:
+    """``function()`` on a daemon thread of its own (with the caller's
+    context variables), awaited without blocking the event loop.
+
+    Cancelling the wait abandons the thread: threads cannot be stopped, so
+    it runs on, but as a daemon it never holds the interpreter at exit.
+    anyio's worker threads on asyncio are not daemons: a synchronous tool
+    hung past its timeout kept the process from exiting until it returned.
+    """
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    results: list[T] = []
+    failures: list[BaseException] = []
+    context = contextvars.copy_context()
+
+    def work() -> None:
+        try:
+            results.append(context.run(function))
+        except BaseException as exc:  # noqa: BLE001 - carried to the awaiting task, which decides
+            failures.append(exc)
+        try:
+            anyio.from_thread.run_sync(done.set, token=token)
+        except RuntimeError:  # the loop has ended (the wait was abandoned); trio's RunFinishedError is one too
+            pass
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    await done.wait()
+    if failures:
+        raise failures[0]
+    return results[0]

@@ -335,3 +335,142 @@ def test_an_interrupted_runs_partial_line_is_cut_when_resuming(fake_server: Fake
     lines = out.read_bytes().splitlines()
     assert lines[0] == b'{"task_id": "t0", "chain_index": 0}' and len(lines) == 2
     assert msgspec.json.decode(lines[1], type=Trajectory).task_id == "t1"
+
+
+# --- one chain stalls everyone ------------------------------------------------------
+
+
+def answering() -> Generate:
+    async def generate(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        return Completion(outputs=(Output(text="\\boxed{4}", finish_reason="stop"),))
+
+    return generate
+
+
+async def test_an_async_reward_that_never_returns_is_a_reward_error() -> None:
+    async def hanging(trajectory: Trajectory, task: Any) -> float:
+        await anyio.sleep_forever()
+        return 1.0
+
+    agent = Agent(model_name_or_path="m", reward_fn=hanging, reward_timeout=0.2)
+    with anyio.fail_after(30):
+        (trajectory,) = await rollout(agent, answering(), [{"id": "t", "question": "q"}])
+    assert trajectory.reward is None and trajectory.error is None
+    assert trajectory.reward_error is not None and "did not return within 0.2 s" in trajectory.reward_error
+
+
+async def test_a_synchronous_reward_that_hangs_is_abandoned_on_a_daemon_thread() -> None:
+    import threading
+
+    never = threading.Event()
+    seen: list[bool] = []
+
+    def hanging(trajectory: Trajectory, task: Any) -> float:
+        seen.append(threading.current_thread().daemon)
+        never.wait(60)
+        return 1.0
+
+    agent = Agent(model_name_or_path="m", reward_fn=hanging, reward_timeout=0.2)
+    try:
+        with anyio.fail_after(30):
+            (trajectory,) = await rollout(agent, answering(), [{"id": "t", "question": "q"}])
+    finally:
+        never.set()
+    assert seen == [True]
+    assert trajectory.reward_error is not None and "did not return within" in trajectory.reward_error
+
+
+async def test_a_slow_synchronous_reward_holds_no_other_chain() -> None:
+    """Seven chains finish while the eighth's reward is still computing: the
+    slow reward is released only once the other seven came out of the stream
+    (on the event loop it would hold them, and its wait would run out)."""
+    import threading
+
+    release = threading.Event()
+
+    def reward(trajectory: Trajectory, task: Any) -> float:
+        if task["id"] == "slow":
+            return 1.0 if release.wait(20) else 0.0
+        return 0.5
+
+    agent = Agent(model_name_or_path="m", reward_fn=reward)
+    tasks = [{"id": "slow", "question": "q"}] + [{"id": f"t{i}", "question": "q"} for i in range(7)]
+    order: list[str] = []
+    async with rollout_stream(agent, answering(), tasks, concurrency=8) as trajectories:
+        async for trajectory in trajectories:
+            order.append(trajectory.task_id)
+            if len(order) == 7:
+                release.set()
+            if trajectory.task_id == "slow":
+                assert trajectory.reward == 1.0  # released by the others, not by its own wait running out
+    assert order[-1] == "slow" and len(order) == 8
+
+
+@tool(timeout=0.3)
+def hanging_tool(expression: str) -> str:
+    """A synchronous tool that never returns.
+
+    Args:
+        expression: ignored.
+    """
+    import threading
+
+    threading.Event().wait()
+    return "never"
+
+
+HUNG_TOOL_SCRIPT = """
+import anyio, sys
+from agentfly_min import Agent, Completion, Output, Request, run_agent
+from tests.test_contract_round_two import CALL, hanging_tool
+
+async def generate(request: Request) -> Completion:
+    text = CALL.replace("calculator", "hanging_tool") if request.messages[-1].role == "user" else "done"
+    return Completion(outputs=(Output(text=text, finish_reason="stop"),))
+
+async def main() -> None:
+    agent = Agent(model_name_or_path="m", tools=[hanging_tool], max_turns=2)
+    trajectory = await run_agent(agent, generate, {"id": "t", "question": "q"})
+    assert trajectory.tool_error_kinds == {"timeout": 1}, trajectory
+    print("episode done", flush=True)
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_hung_synchronous_tool_does_not_hold_the_interpreter_at_exit(backend: str) -> None:
+    """The tool's thread never ends; the process must still exit (on asyncio,
+    anyio's worker threads are not daemons and used to hold it forever)."""
+    from .conftest import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", HUNG_TOOL_SCRIPT, backend], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "episode done" in done.stdout
+
+
+async def test_a_refused_request_releases_its_token_estimate() -> None:
+    """50 MB refused by the server without usage: its 12.5M-token estimate
+    must not hold the next 15-token request (1,250 s at 600k a minute)."""
+    from agentfly_min import Message, TransportError, rate_limit
+
+    sleeps: list[float] = []
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    async def server(request: Request) -> Completion:
+        if len(request.messages[0].text) > 1000:
+            raise TransportError("413 request entity too large")
+        return Completion(outputs=(Output(text="ok", finish_reason="stop"),))
+
+    limited = rate_limit(tokens_per_minute=600_000, clock=lambda: now[0], sleep=sleep)(server)
+    with pytest.raises(TransportError):
+        await limited(Request(messages=(Message(role="user", content="x" * 50_000_000),), max_new_tokens=1))
+    await limited(Request(messages=(Message(role="user", content="hi"),), max_new_tokens=10))
+    assert sleeps == []

@@ -59,7 +59,9 @@ class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
     cap theirs (``rollout.prompt_length``); the cut is logged and recorded on
     the trajectory. Budgets apply when the episode runs in tokens.
     ``logprobs`` asks token-level transports for the sampled tokens' log
-    probabilities.
+    probabilities. ``reward_timeout`` bounds the reward function, in
+    seconds (None: no bound); one that overruns it is a ``reward_error``,
+    and a synchronous one, run on a thread of its own, is abandoned there.
     """
 
     model_name_or_path: str
@@ -76,6 +78,7 @@ class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
     max_prompt_tokens: int | None = None
     temperature: float | None = None
     logprobs: bool = True
+    reward_timeout: float | None = 300.0
 
     def __post_init__(self) -> None:
         require("Agent.model_name_or_path", self.model_name_or_path, Annotated[str, Meta(min_length=1)])
@@ -85,6 +88,7 @@ class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
         require("Agent.max_response_tokens", self.max_response_tokens, Annotated[int, Meta(ge=1)] | None)
         require("Agent.max_prompt_tokens", self.max_prompt_tokens, Annotated[int, Meta(ge=1)] | None)
         require("Agent.logprobs", self.logprobs, bool)
+        require("Agent.reward_timeout", self.reward_timeout, Annotated[float, Meta(gt=0.0)] | None)
         require("Agent.temperature", self.temperature, Annotated[float, Meta(ge=0.0, le=2.0)] | None)
         if not isinstance(self.template, Template):
             require("Agent.template", self.template, str)

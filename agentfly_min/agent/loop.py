@@ -28,7 +28,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._text import one_line
-from .._user_code import escapes
+from .._user_code import escapes, run_in_daemon_thread
 from ..errors import ConfigError, ContextLengthError
 from ..records import Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, ToolSchema, Usage
 from ..templates import MalformedToolCall, ParsedCall, ParsedTurn, Template, Turn, get_template
@@ -276,26 +276,31 @@ def _is_async(function: Callable[..., object]) -> bool:
 
 
 async def _reward(agent: Agent[Any], trajectory: Trajectory, task: Task) -> Trajectory:
-    if agent.reward_fn is None or trajectory.error is not None:
+    reward_fn = agent.reward_fn
+    if reward_fn is None or trajectory.error is not None:
         return trajectory
     start = anyio.current_time()
     error: str | None = None
     reward: float | None = None
-    try:
-        value: Any
-        if _is_async(agent.reward_fn):
-            value = await cast(Awaitable[float], agent.reward_fn(trajectory, task))
-        else:
-            # Off the event loop: a synchronous reward (a grader, a test run)
-            # may compute for seconds and would hold every other chain.
-            value = await anyio.to_thread.run_sync(agent.reward_fn, trajectory, task)
-            if inspect.isawaitable(value):
-                value = await value
-        reward = float(value)
-    except BaseException as exc:  # noqa: BLE001 - a reward is user code; its failure is recorded, not raised
-        if escapes(exc):
-            raise
-        error = f"{type(exc).__name__}: {one_line(str(exc))}"
+    with anyio.move_on_after(agent.reward_timeout) as deadline:
+        try:
+            value: Any
+            if _is_async(reward_fn):
+                value = await cast(Awaitable[float], reward_fn(trajectory, task))
+            else:
+                # Off the event loop: a synchronous reward (a grader, a test run)
+                # may compute for seconds and would hold every other chain. Past
+                # its timeout the thread is abandoned (a daemon: exit is not held).
+                value = await run_in_daemon_thread(lambda: reward_fn(trajectory, task), name="agentfly_min reward")
+                if inspect.isawaitable(value):
+                    value = await value
+            reward = float(value)
+        except BaseException as exc:  # noqa: BLE001 - a reward is user code; its failure is recorded, not raised
+            if escapes(exc):
+                raise
+            error = f"{type(exc).__name__}: {one_line(str(exc))}"
+    if deadline.cancelled_caught:
+        error = f"the reward did not return within {agent.reward_timeout:g} s (Agent.reward_timeout)"
     if reward is not None and not math.isfinite(reward):
         error, reward = f"the reward is {reward} (not a finite number)", None
     seconds = anyio.current_time() - start

@@ -325,8 +325,8 @@ class AgentflyAgentLoop(AgentLoopBase):
     Keyword arguments (from the agent-loop YAML): ``agent_tools`` (import
     paths of :class:`~agentfly_min.Tool` objects), ``reward`` (import path
     of a reward function, or null to leave scoring to verl's reward
-    manager), ``max_turns``, ``max_new_tokens`` (per model turn),
-    ``system_prompt``, ``template`` and ``template_options``, ``on_abort``
+    manager), ``reward_timeout`` (seconds, default 300), ``max_turns``,
+    ``max_new_tokens`` (per model turn), ``system_prompt``, ``template`` and ``template_options``, ``on_abort``
     (default: resume, or error under ``async_training.partial_rollout:
     false``), ``max_aborts``, ``on_failure``. Any other key is a
     :class:`ConfigError` naming it. The rollout's ``prompt_length`` caps the
@@ -349,6 +349,7 @@ class AgentflyAgentLoop(AgentLoopBase):
         name: str | None = None,
         agent_tools: Sequence[str] = ("agentfly_min.tools.calculator",),
         reward: str | None = "agentfly_min.rewards.math_reward_string_equal",
+        reward_timeout: float | None = 300.0,
         max_turns: int = 4,
         max_new_tokens: int | None = None,
         system_prompt: str | None = None,
@@ -367,7 +368,7 @@ class AgentflyAgentLoop(AgentLoopBase):
         if unknown:
             raise ConfigError(
                 entry,
-                f"unknown key(s) {', '.join(sorted(unknown))}; it takes agent_tools, reward, max_turns, max_new_tokens, "
+                f"unknown key(s) {', '.join(sorted(unknown))}; it takes agent_tools, reward, reward_timeout, max_turns, max_new_tokens, "
                 "system_prompt, template, template_options, on_abort, max_aborts, on_failure",
             )
         del tools  # verl's tool list, for its own tool agent
@@ -399,6 +400,7 @@ class AgentflyAgentLoop(AgentLoopBase):
                 model_name_or_path=str(getattr(self.tokenizer, "name_or_path", "") or "verl"),
                 tools=loaded,
                 reward_fn=reward_fn,
+                reward_timeout=reward_timeout,
                 template=self.template,
                 backend="async_verl",
                 backend_config=self.abort,

@@ -97,6 +97,11 @@ class _Limiter:
         if self._tokens is not None and used > 0:
             self._tokens.adjust(float(used - booked))
 
+    def release(self, booked: int) -> None:
+        """Refund a booking whose request failed before any usage came back."""
+        if self._tokens is not None and booked > 0:
+            self._tokens.adjust(-float(booked))
+
 
 def estimate_tokens(request: Request, default_max_new_tokens: int = 1024) -> int:
     """A pessimistic guess at a request's total tokens, made before it runs:
@@ -128,8 +133,11 @@ def rate_limit(
     Tokens: a call waits until the tokens already spent (at
     ``tokens_per_minute``) have drained, then books ``estimate(request)``
     tokens; when it completes, the booking is corrected to the real
-    ``usage.total_tokens``. A call that fails, or whose server reports no
-    usage, keeps its estimate (a refund to zero would let the limit slip).
+    ``usage.total_tokens``. A call that completes without usage keeps its
+    estimate (a refund to zero would let the limit slip for a server that
+    never reports usage); a call that fails releases it (a request refused
+    at the door spends nothing, and its estimate, 12.5M tokens for 50 MB,
+    would hold everyone behind it for 20 minutes at 600k a minute).
     The token burst is one call: over any window of ``w`` seconds the
     tokens booked are at most one call's plus ``w * tokens_per_minute / 60``.
 
@@ -149,7 +157,11 @@ def rate_limit(
     def layer(inner: Generate) -> Generate:
         async def generate(request: Request) -> Completion:
             booked, waited = await limiter.wait_turn(request)
-            completion = await inner(request)
+            try:
+                completion = await inner(request)
+            except Exception:
+                limiter.release(booked)
+                raise
             limiter.settle(booked, completion.usage.total_tokens)
             if waited > 0:
                 completion = msgspec.structs.replace(completion, rate_limit_seconds=completion.rate_limit_seconds + waited)

@@ -203,11 +203,18 @@ def stream_rate_limit(
                         used = chunk.usage.total_tokens
                     yield chunk
 
+            failed = False
             try:
                 async with inner(request) as chunks, aclosing(counted(chunks)) as tallied:
                     yield tallied
+            except Exception:
+                failed = True
+                raise
             finally:
-                limiter.settle(booked, used)
+                if failed and used == 0:
+                    limiter.release(booked)  # refused or broken before any usage: nothing spent
+                else:
+                    limiter.settle(booked, used)
 
         return stream
 

@@ -7,12 +7,12 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, TypeAlias, overload
 
-import anyio
 import docstring_parser
 import msgspec
 from msgspec import Meta
 
 from .._text import scrub, scrub_all
+from .._user_code import run_in_daemon_thread
 from .._validation import require_positive
 from ..errors import ConfigError
 from ..records import FunctionSchema, ToolSchema
@@ -57,10 +57,11 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
         elif not self.blocking:
             result = self.function(**kwargs)
         else:
-            # A sync tool runs in a worker thread, so a slow one does not stall
-            # the event loop; if it overruns its timeout the thread is left to
-            # finish on its own (threads cannot be killed).
-            result = await anyio.to_thread.run_sync(lambda: self.function(**kwargs), abandon_on_cancel=True)
+            # A sync tool runs in a thread, so a slow one does not stall the
+            # event loop; if it overruns its timeout the thread is left to
+            # finish on its own (threads cannot be killed), as a daemon that
+            # does not hold the interpreter at exit.
+            result = await run_in_daemon_thread(lambda: self.function(**kwargs), name=f"agentfly_min tool {self.name}")
         # A result holding lone surrogates (a file name that is not UTF-8)
         # could be neither tokenised nor written: they become U+FFFD.
         if isinstance(result, str):
