@@ -136,3 +136,21 @@ def test_descendants_are_this_processes_children_but_not_its_resource_tracker() 
         child.kill()
         child.wait()
     assert child.pid not in {pid for pid, _ in descendants()}
+
+
+def test_a_sweep_leaves_the_semaphores_of_a_live_process_alone() -> None:
+    """glibc maps a semaphore under a temporary name and links it to its
+    real one afterwards, so its mapping reads "(deleted)": found by name only,
+    a sweep removed the semaphores of an engine starting in another process,
+    whose workers then died unpickling them (a CI run lost two verl tests so)."""
+    import multiprocessing
+
+    before = shm_entries()
+    context = multiprocessing.get_context("spawn")
+    lock = context.Lock()
+    made = shm_entries() - before
+    assert made, "a spawn-context lock is a named semaphore in /dev/shm"
+    left = sweep_shm(before, wait=0.0)
+    assert made <= left and made <= shm_entries()
+    with lock:  # and it still works
+        pass

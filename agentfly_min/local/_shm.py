@@ -35,8 +35,17 @@ def shm_entries() -> set[str]:
 
 
 def _in_use() -> set[str]:
-    """Names under /dev/shm that a live process has mapped or open."""
+    """Names under /dev/shm that a live process has mapped or open.
+
+    A mapping is matched by inode as well as by name: glibc's ``sem_open``
+    maps a semaphore under a temporary name and then links it to its real
+    one, so /proc/<pid>/maps shows ``/dev/shm/sem.XXXXXX (deleted)`` for a
+    semaphore that is very much alive. By name alone, a sweep removed the
+    semaphores of an engine another process was starting at that moment,
+    and its workers died unpickling them (``SemLock._rebuild``:
+    FileNotFoundError)."""
     used: set[str] = set()
+    inodes: set[int] = set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -48,6 +57,9 @@ def _in_use() -> set[str]:
             at = line.find("/dev/shm/")
             if at >= 0:
                 used.add(line[at + len("/dev/shm/") :].split(" ")[0])
+                fields = line.split(maxsplit=5)
+                if len(fields) > 4 and fields[4].isdigit():
+                    inodes.add(int(fields[4]))
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
@@ -55,6 +67,13 @@ def _in_use() -> set[str]:
                     used.add(target[len("/dev/shm/") :])
         except OSError:
             continue
+    if inodes:
+        for name in shm_entries() - used:
+            try:
+                if (SHM / name).stat().st_ino in inodes:
+                    used.add(name)
+            except FileNotFoundError:
+                continue
     return used
 
 
