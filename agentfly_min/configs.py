@@ -37,9 +37,10 @@ class Secret:
     ``repr``, formatting and logging print ``**********``; ``json.dumps``
     (after ``msgspec.structs.asdict``, as experiment trackers do),
     ``msgspec.to_builtins`` and plain ``msgspec`` encoding refuse it;
-    concatenation and ``.encode()`` fail. :meth:`reveal` returns the key,
-    for the one place that sends it. Pickling keeps the real key, because
-    Ray ships configs to its workers that way: treat pickles as secret.
+    concatenation and ``.encode()`` fail; ``yaml.dump`` refuses it.
+    :meth:`reveal` returns the key, for the one place that sends it.
+    Pickling (protocol 3 or later) keeps the real key, because Ray ships
+    configs to its workers that way: treat pickles as secret.
     """
 
     __slots__ = ("_value",)
@@ -69,6 +70,14 @@ class Secret:
 
     def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
         return (Secret, (self._value,))
+
+    def __reduce_ex__(self, protocol: object) -> tuple[type[Secret], tuple[str]]:
+        # pickle (Ray's cloudpickle, copy) asks with protocol 3 or later;
+        # yaml.dump's object representer asks with protocol 2 and would print
+        # the key in clear: it is refused, as json.dumps refuses it.
+        if not isinstance(protocol, int) or protocol < 3:
+            raise TypeError("a Secret is not serialised (yaml.dump, pickle protocol 2): reveal() it deliberately")
+        return self.__reduce__()
 
 
 _Parallel = Annotated[int, Meta(ge=1)]
@@ -255,10 +264,14 @@ BackendConfig: TypeAlias = AsyncVLLMConfig | AsyncVerlConfig | ClientConfig
 _C = TypeVar("_C", AsyncVLLMConfig, AsyncVerlConfig, ClientConfig)
 
 
-def _read_secret(kind: type, value: object) -> object:
-    if kind is Secret and isinstance(value, str):
-        return Secret(value)
-    raise NotImplementedError
+def read_secret(kind: type, value: object) -> object:
+    """msgspec's ``dec_hook`` for configs: a key written as a string is read
+    into a :class:`Secret`; anything else is a validation error naming it."""
+    if kind is Secret:
+        if isinstance(value, str):
+            return Secret(value)
+        raise TypeError(f"Expected `str`, got `{type(value).__name__}`")  # msgspec makes it a ValidationError
+    raise TypeError(f"Expected `{kind.__name__}`, got `{type(value).__name__}`")
 
 
 def decode_config(data: bytes | str, type: type[_C], *, format: Literal["toml", "json"] = "toml") -> _C:
@@ -267,8 +280,8 @@ def decode_config(data: bytes | str, type: type[_C], *, format: Literal["toml", 
     that :func:`encode_config` writes reads as unset."""
     try:
         if format == "toml":
-            return msgspec.toml.decode(data, type=type, dec_hook=_read_secret)
-        return msgspec.json.decode(data, type=type, dec_hook=_read_secret)
+            return msgspec.toml.decode(data, type=type, dec_hook=read_secret)
+        return msgspec.json.decode(data, type=type, dec_hook=read_secret)
     except msgspec.ValidationError as exc:
         raise _named(type.__name__, str(exc)) from None
     except msgspec.DecodeError as exc:

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Literal
 import msgspec
 
 from .agent import Agent, Backend, Trajectory, rollout_stream
-from .configs import AsyncVerlConfig, AsyncVLLMConfig, ClientConfig
+from .configs import AsyncVerlConfig, AsyncVLLMConfig, ClientConfig, read_secret
 from ._text import scrub_all
 from .errors import ConfigError, OutputBusyError
 from .records import Generate
@@ -62,7 +62,7 @@ def load_agent(text: bytes | str) -> tuple[Agent[Any], AgentSpec]:
     unknown key, a wrong type, a value out of range, a tool that is not a
     Tool, a settings table for another backend) is a :class:`ConfigError`."""
     try:
-        spec = msgspec.toml.decode(text, type=AgentSpec)
+        spec = msgspec.toml.decode(text, type=AgentSpec, dec_hook=read_secret)
     except msgspec.ValidationError as exc:
         raise ConfigError("agent config", str(exc)) from None
     except msgspec.DecodeError as exc:

@@ -20,6 +20,7 @@ from agentfly_min import (
     Agent,
     Completion,
     Generate,
+    Message,
     Middleware,
     OutputBusyError,
     Output,
@@ -474,3 +475,52 @@ async def test_a_refused_request_releases_its_token_estimate() -> None:
         await limited(Request(messages=(Message(role="user", content="x" * 50_000_000),), max_new_tokens=1))
     await limited(Request(messages=(Message(role="user", content="hi"),), max_new_tokens=10))
     assert sleeps == []
+
+
+# --- leaks --------------------------------------------------------------------------
+
+
+async def test_the_key_stays_out_of_a_traceback_with_locals_on_the_aiohttp_path() -> None:
+    """A request that fails inside aiohttp (nothing listens on the port): the
+    traceback with every frame's locals, aiohttp's own included, shows no key."""
+    import socket
+    import traceback
+
+    from agentfly_min import ClientConfig, open_backend
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    config = ClientConfig(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-leaky-key", model="m", max_retries=0, http_library="aiohttp")
+    shown: list[str] = []
+    async with open_backend(config) as generate:
+        try:
+            await generate(Request(messages=(Message(role="user", content="hi"),)))
+        except Exception as exc:  # noqa: BLE001 - the test reads whatever failed
+            shown.append("".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format()))
+    assert shown and "headers" in shown[0]  # aiohttp's frames and their locals are there
+    assert "sk-leaky-key" not in shown[0]
+
+
+def test_the_key_is_refused_by_yaml_dump() -> None:
+    import pickle
+
+    import yaml
+
+    from agentfly_min import ClientConfig
+
+    config = ClientConfig(api_key="sk-leaky-key")
+    with pytest.raises(TypeError, match="not serialised"):
+        yaml.dump(msgspec.structs.asdict(config))
+    assert pickle.loads(pickle.dumps(config)).api_key == config.api_key  # Ray's path keeps it
+
+
+def test_a_toml_agent_file_takes_the_key_as_a_string(tmp_path: Path) -> None:
+    from agentfly_min import ConfigError, Secret, decode_config
+    from agentfly_min import ClientConfig
+
+    agent, spec = load_agent('model = "m"\n\n[client]\nbase_url = "http://127.0.0.1:9/v1"\napi_key = "sk-from-toml"\n')
+    assert spec.client is not None and isinstance(spec.client.api_key, Secret)
+    assert spec.client.api_key.reveal() == "sk-from-toml" and "sk-from-toml" not in repr(spec)
+    with pytest.raises(ConfigError, match="api_key"):
+        decode_config('api_key = ["sk-a", "sk-b"]', ClientConfig)

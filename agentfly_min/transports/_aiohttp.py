@@ -34,8 +34,19 @@ from .client import _api_key, _body, _completion, _options, _text_body, _text_co
 __all__ = ["open_aiohttp_generate"]
 
 
+class _Credential(str):
+    """A header value that holds the key: itself on the wire, a mask in any
+    ``repr`` (aiohttp keeps headers in a CIMultiDict, and a traceback with
+    locals printed it, key and all)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'Bearer **********'"
+
+
 def _headers(config: ClientConfig) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {_api_key(config)}", "Content-Type": "application/json", "Accept": "application/json"}
+    headers = {"Authorization": _Credential(f"Bearer {_api_key(config)}"), "Content-Type": "application/json", "Accept": "application/json"}
     if config.organization is not None:
         headers["OpenAI-Organization"] = config.organization
     if config.project is not None:
