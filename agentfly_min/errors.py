@@ -108,10 +108,11 @@ class GenerationTimeoutError(TransientError, TimeoutError):
 
 
 class RetriesExhaustedError(TransportError):
-    """The retry middleware gave up; ``last_error`` is the final failure and
-    ``attempts`` how many were made. The message says why it stopped."""
+    """The retry middleware gave up; ``last_error`` is the final failure,
+    ``attempts`` how many were made and ``retries`` why each retried one
+    failed (as in ``Completion.retries``). The message says why it stopped."""
 
-    def __init__(self, reason: str, *, attempts: int, last_error: TransportError) -> None:
+    def __init__(self, reason: str, *, attempts: int, last_error: TransportError, retries: tuple[str, ...] = ()) -> None:
         super().__init__(
             f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}: {reason}; "
             f"last error: {last_error}",
@@ -119,6 +120,7 @@ class RetriesExhaustedError(TransportError):
         )
         self.request_id = last_error.request_id
         self.attempts = attempts
+        self.retries = retries
         self.last_error = last_error
 
 

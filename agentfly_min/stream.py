@@ -28,6 +28,7 @@ from typing import TypeAlias
 
 import msgspec
 
+from .errors import MalformedResponseError
 from .records import Completion, FinishReason, FunctionCall, Generate, Output, Request, ToolCall, Usage
 
 __all__ = ["Chunk", "ToolCallDelta", "Stream", "StreamMiddleware", "collect", "collect_chunks", "one_chunk"]
@@ -113,7 +114,7 @@ class _Sample:
         reasoning = "".join(self.reasoning)
         return Output(
             text="".join(self.text),
-            finish_reason=self.finish or "stop",
+            finish_reason=self.finish or "stop",  # collect_chunks refuses a sample without one
             tool_calls=calls,
             reasoning=reasoning or None,
             token_ids=tuple(self.ids) if token_level else None,
@@ -139,7 +140,12 @@ def collect_chunks(chunks: Sequence[Chunk]) -> Completion:
         model = chunk.model or model
         server = chunk.server or server
     if not samples:
-        samples[0] = _Sample()
+        raise MalformedResponseError("the stream ended without a chunk (cut off before its first?)")
+    unfinished = sorted(k for k, sample in samples.items() if sample.finish is None)
+    if unfinished:
+        # A body that ends cleanly without a finish_reason is cut off, not
+        # finished: read as "stop", its partial text would train as an answer.
+        raise MalformedResponseError(f"the stream ended without a finish_reason for sample {unfinished[0]} (cut off?)")
     outputs = tuple(samples[k].output(token_level) for k in sorted(samples))
     return Completion(
         outputs=outputs,

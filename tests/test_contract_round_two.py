@@ -524,3 +524,90 @@ def test_a_toml_agent_file_takes_the_key_as_a_string(tmp_path: Path) -> None:
     assert spec.client.api_key.reveal() == "sk-from-toml" and "sk-from-toml" not in repr(spec)
     with pytest.raises(ConfigError, match="api_key"):
         decode_config('api_key = ["sk-a", "sk-b"]', ClientConfig)
+
+
+# --- what a failed or disobedient server leaves on record ------------------------------
+
+
+async def test_a_chain_that_runs_out_of_retries_records_its_attempts() -> None:
+    from agentfly_min import TransientError, retry
+
+    async def unavailable(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        raise TransientError("service unavailable", status=503)
+
+    async def no_wait(seconds: float) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    generate = retry(max_retries=4, sleep=no_wait)(unavailable)
+    (trajectory,) = await rollout(Agent(model_name_or_path="m"), generate, [{"id": "t", "question": "q"}])
+    assert trajectory.error is not None and "RetriesExhaustedError" in trajectory.error
+    assert trajectory.attempts == 5 and trajectory.retries == {"HTTP 503": 4}
+
+
+class _Disobedient:
+    """An OpenAI-compatible server (stdlib, on a thread) that answers every
+    chat completion with 501 completion tokens, whatever was asked."""
+
+    def __enter__(self) -> str:
+        import http.server
+        import json
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                self._send({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "me"}]})
+
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                self.rfile.read(int(self.headers["Content-Length"]))
+                message = {"role": "assistant", "content": "word " * 501}
+                usage = {"prompt_tokens": 3, "completion_tokens": 501, "total_tokens": 504}
+                self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                            "choices": [{"index": 0, "message": message, "finish_reason": "length"}], "usage": usage})  # fmt: skip
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("library", ["aiohttp", "openai"])
+async def test_a_server_that_returns_more_tokens_than_asked_is_refused(library: Any) -> None:
+    from agentfly_min import ClientConfig, MalformedResponseError, open_backend
+
+    with _Disobedient() as base_url:
+        async with open_backend(ClientConfig(base_url=base_url, model="m", max_retries=0, http_library=library)) as generate:
+            with pytest.raises(MalformedResponseError, match="501 tokens for a budget of 50"):
+                await generate(Request(messages=(Message(role="user", content="hi"),), max_new_tokens=50))
+
+
+def test_a_stream_with_no_chunk_or_no_finish_reason_is_not_an_answer() -> None:
+    from agentfly_min import MalformedResponseError
+    from agentfly_min.stream import Chunk, collect_chunks
+
+    with pytest.raises(MalformedResponseError, match="without a chunk"):
+        collect_chunks([])
+    with pytest.raises(MalformedResponseError, match="without a finish_reason"):
+        collect_chunks([Chunk(text="The answer is 4"), Chunk(text="2")])
+    assert collect_chunks([Chunk(text="4"), Chunk(finish_reason="stop")]).outputs[0].text == "4"
+
+
+def test_a_token_id_outside_the_vocabulary_is_named_as_such() -> None:
+    from agentfly_min.transports.client import token_prompt_refused
+
+    error = token_prompt_refused("Token id 5000 is out of vocabulary", "rid")
+    assert "vocabulary" in str(error) and "need a vLLM server" not in str(error)

@@ -242,3 +242,14 @@ async def test_a_client_tokenizer_unlike_the_servers_is_refused_before_any_episo
     async with open_backend(config(server, token_ids=True), tokenizer=tokenizer) as generate:  # the server's own
         completion = await generate(Request(prompt_ids=tuple(tokenizer.encode("hi", add_special_tokens=False)), max_new_tokens=4))
     assert completion.outputs[0].token_ids is not None
+
+
+async def test_a_prompt_id_outside_the_vocabulary_is_named_as_such(server: VLLMServer, tokenizer: Any) -> None:
+    """vLLM refuses it with HTTP 400; the error used to say that token-level
+    requests need a vLLM server, which this is."""
+    from agentfly_min import PermanentError
+
+    async with open_backend(config(server, token_ids=True), tokenizer=tokenizer) as generate:
+        with pytest.raises(PermanentError, match="outside the model's vocabulary") as caught:
+            await generate(Request(prompt_ids=(1, len(tokenizer) + 5000), max_new_tokens=4))
+    assert "need a vLLM server" not in str(caught.value)

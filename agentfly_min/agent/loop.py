@@ -29,7 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._text import one_line
 from .._user_code import escapes, run_in_daemon_thread
-from ..errors import ConfigError, ContextLengthError
+from ..errors import ConfigError, ContextLengthError, RetriesExhaustedError
 from ..records import Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, ToolSchema, Usage
 from ..templates import MalformedToolCall, ParsedCall, ParsedTurn, Template, Turn, get_template
 from ..tools import Tool, ToolError
@@ -470,6 +470,9 @@ async def _turns(episode: _Episode, generate: Generate, emit: Emit | None = None
         except BaseException as exc:  # noqa: BLE001 - a transport or middleware may be user code; the chain records it
             if escapes(exc):
                 raise
+            if isinstance(exc, RetriesExhaustedError):  # the attempts it made count, though none succeeded
+                episode.attempts += exc.attempts
+                episode.retries.update(exc.retries)
             return "error", _failure(exc)
         if not completion.outputs:  # a Completion built around its own checks
             return "error", "MalformedResponseError: the transport returned no outputs"

@@ -96,7 +96,7 @@ def retry(
                         raise
                     if attempt > max_retries:
                         raise RetriesExhaustedError(
-                            f"retry budget of {max_retries} retries used", attempts=attempt, last_error=error
+                            f"retry budget of {max_retries} retries used", attempts=attempt, last_error=error, retries=tuple(reasons)
                         ) from error
                     asked = retry_after(error)
                     if asked is not None and asked > max_retry_after:
@@ -104,6 +104,7 @@ def retry(
                             f"server asked to wait {asked:g} s, more than max_retry_after={max_retry_after:g} s",
                             attempts=attempt,
                             last_error=error,
+                            retries=tuple(reasons),
                         ) from error
                     delay = (
                         max(0.0, asked)

@@ -73,6 +73,7 @@ def stream_retry(
         @asynccontextmanager
         async def stream(request: Request) -> AsyncIterator[AsyncIterator[Chunk]]:
             attempt = 1
+            reasons: list[str] = []
             while True:
                 stack = AsyncExitStack()
                 try:
@@ -87,15 +88,19 @@ def stream_retry(
                     if not retry_on(error):
                         raise
                     if attempt > max_retries:
-                        raise RetriesExhaustedError(f"retry budget of {max_retries} retries used", attempts=attempt, last_error=error) from error
+                        raise RetriesExhaustedError(
+                            f"retry budget of {max_retries} retries used", attempts=attempt, last_error=error, retries=tuple(reasons)
+                        ) from error
                     asked = server_retry_after(error)
                     if asked is not None and asked > max_retry_after:
                         raise RetriesExhaustedError(
                             f"server asked to wait {asked:g} s, more than max_retry_after={max_retry_after:g} s",
                             attempts=attempt,
                             last_error=error,
+                            retries=tuple(reasons),
                         ) from error
                     delay = asked if asked is not None else backoff_delay(attempt, initial=initial_backoff, maximum=max_backoff, jitter=jitter, uniform=uniform())
+                    reasons.append(retry_reason(error))
                     _log.info("stream attempt %d failed before its first chunk (%s: %s); retrying in %.2f s", attempt, retry_reason(error), error, delay)
                     await sleep(delay)
                     attempt += 1

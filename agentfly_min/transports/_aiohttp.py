@@ -29,7 +29,18 @@ from ..local.server_id import HEADER as SERVER_HEADER
 from ..records import Completion, Generate, Request
 from ._bridge import AsyncioThread, on_asyncio
 from ._chat import refuse_images
-from .client import _api_key, _body, _completion, _options, _text_body, _text_completion, _one_model, status_error
+from .client import (
+    _api_key,
+    _body,
+    _completion,
+    _one_model,
+    _options,
+    _text_body,
+    _text_completion,
+    check_budget,
+    status_error,
+    token_prompt_refused,
+)
 
 __all__ = ["open_aiohttp_generate"]
 
@@ -149,13 +160,10 @@ class _Wire:
                     request_id=rid,
                 )
             if tokens and status == 400 and not isinstance(error, ContextLengthError):
-                raise PermanentError(
-                    f"the server refused a token-id prompt (token-level requests need a vLLM server): HTTP 400: {message}",
-                    status=400,
-                    request_id=rid,
-                )
+                raise token_prompt_refused(message, rid)
             raise error
         completion = _text_completion(raw, status, request.logprobs, rid) if tokens else _completion(raw, status, rid)
+        check_budget(completion, self.config.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens, rid)
         server = headers.get(SERVER_HEADER)
         return msgspec.structs.replace(completion, server=server) if server else completion
 

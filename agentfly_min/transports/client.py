@@ -408,10 +408,7 @@ def raw_client_generate(client: openai.AsyncOpenAI, config: ClientConfig, model:
             raise map_openai_error(exc) from exc
         except openai.BadRequestError as exc:
             if tokens and "maximum context length" not in exc.message:
-                raise PermanentError(
-                    f"the server refused a token-id prompt (token-level requests need a vLLM server): HTTP 400: {exc.message}",
-                    status=400,
-                ) from exc
+                raise token_prompt_refused(exc.message, None) from exc
             raise map_openai_error(exc) from exc
         except openai.OpenAIError as exc:
             raise map_openai_error(exc) from exc
@@ -421,10 +418,35 @@ def raw_client_generate(client: openai.AsyncOpenAI, config: ClientConfig, model:
             completion = _text_completion(response.content, status, request.logprobs, rid)
         else:
             completion = _completion(response.content, status, rid)
+        check_budget(completion, config.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens, rid)
         server = response.http_response.headers.get(SERVER_HEADER)
         return msgspec.structs.replace(completion, server=server) if server else completion
 
     return generate
+
+
+def token_prompt_refused(message: str, rid: str | None) -> PermanentError:
+    """The error for a token-id prompt a server answered with HTTP 400."""
+    if "vocab" in message.lower():  # vLLM: "Token id 5000 is out of vocabulary"
+        reason = "a prompt token id is outside the model's vocabulary (is the client's tokenizer the server's?)"
+    else:
+        reason = "the server refused a token-id prompt (token-level requests need a vLLM server)"
+    return PermanentError(f"{reason}: HTTP 400: {message}", status=400, request_id=rid)
+
+
+def check_budget(completion: Completion, budget: int, rid: str | None) -> None:
+    """Refuse a completion longer than the budget it was asked for: a server
+    that returns 501 tokens for 50 breaks every budget downstream (an RL
+    trainer's response_length), and its text is not what was asked."""
+    for output in completion.outputs:
+        if output.token_ids is not None:
+            sampled = len(output.token_ids)
+        elif len(completion.outputs) == 1:
+            sampled = completion.usage.completion_tokens
+        else:
+            continue
+        if sampled > budget:
+            raise MalformedResponseError(f"the server returned {sampled} tokens for a budget of {budget}", request_id=rid)
 
 
 def client_middleware(config: ClientConfig, *, attempt_timeout: bool = True) -> Middleware:
