@@ -32,6 +32,7 @@ from agentfly_min.testing import FakeOpenAIServer
 from agentfly_min.tools import calculator
 
 from .conftest import WORK
+from .support import says
 from .vllm_support import assert_gone, engine_children
 
 CALL = r'<tool_call>\n\{"name": "calculator", "arguments": \{"expression": "[1-9]\*[1-9]"\}\}\n</tool_call>'
@@ -111,6 +112,16 @@ async def test_the_chat_path_stays_the_default_and_carries_the_session(fleet: Fl
         trajectories = await rollout(agent, generate, [{"id": f"c{i}", "question": "hi"} for i in range(4)])
     for t in trajectories:
         assert t.error is None and not t.token_level and t.servers and t.servers[0].startswith("server-")
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_requests_without_a_session_spread_over_the_servers(fleet: Fleet) -> None:
+    """With the default consistent_hash, requests without a request id all
+    went to one server (the router hashed the empty key)."""
+    async with open_backend(ClientConfig(base_url=fleet.base_url, timeout=60)) as generate:
+        servers = [(await generate(Request(messages=says("hi"), max_new_tokens=2))).server for _ in range(16)]
+    assert set(servers) == {"server-0", "server-1"}  # a 1 in 32,768 chance of one server by luck
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import importlib
 import os
 import re
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
@@ -294,9 +295,11 @@ def _options(config: ClientConfig, request: Request, tokens: bool) -> dict[str, 
     body.update(request.extra_body or {})
     # The session key rides on every turn, so a sticky router keeps a
     # trajectory on the server that holds its prefix cache.
+    # A request without a session gets a key of its own: with none, vLLM's
+    # router hashed the empty key and sent every such request to one server.
     headers: dict[str, str] = {}
-    if config.session_header is not None and request.request_id is not None:
-        headers[config.session_header] = request.request_id
+    if config.session_header is not None:
+        headers[config.session_header] = request.request_id if request.request_id is not None else uuid.uuid4().hex
     headers.update(config.extra_headers or {})
     headers.update(request.extra_headers or {})
     query = {**(config.extra_query or {}), **(request.extra_query or {})}
