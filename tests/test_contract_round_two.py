@@ -611,3 +611,55 @@ def test_a_token_id_outside_the_vocabulary_is_named_as_such() -> None:
 
     error = token_prompt_refused("Token id 5000 is out of vocabulary", "rid")
     assert "vocabulary" in str(error) and "need a vLLM server" not in str(error)
+
+
+class _CountingTokenizer:
+    """A tokenizer that counts the characters it is asked to encode."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.encoded = 0
+
+    def encode(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        self.encoded += len(text)
+        return self._inner.encode(text, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@pytest.mark.parametrize("size", [1_000_000, 3_000])
+async def test_a_huge_tool_output_is_cut_before_it_is_tokenised(size: int) -> None:
+    """1 MB of tool output against a budget of 100 tokens: only a few
+    thousand characters are tokenised, and the ids are exactly what
+    tokenising the whole output and cutting at the budget gives."""
+    from agentfly_min.templates import Turn, get_template
+
+    from .test_families import tokenizer_for
+
+    @tool
+    def dump(expression: str) -> str:
+        """Prints a lot.
+
+        Args:
+            expression: ignored.
+        """
+        return "".join(f"line {i}: value {i * 7 % 1000} é\n" for i in range(size // 20))[:size]
+
+    tokenizer = _CountingTokenizer(tokenizer_for("qwen2.5"))
+    text = '<tool_call>\n{"name": "dump", "arguments": {"expression": "x"}}\n</tool_call>'
+    ids = tuple(tokenizer.encode(text + "<|im_end|>", add_special_tokens=False))
+
+    async def token_level(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        return Completion(outputs=(Output(text=text, finish_reason="stop", token_ids=ids, logprobs=(-0.1,) * len(ids)),))
+
+    agent = Agent(model_name_or_path="m", tools=[dump], max_turns=2, max_response_tokens=100)
+    tokenizer.encoded = 0
+    trajectory = await run_agent(agent, token_level, {"id": "t", "question": "q"}, tokenizer=tokenizer)
+    assert trajectory.error is None and trajectory.finish_reason == "context"
+    assert tokenizer.encoded < 20_000  # the prompt, and the output cut to a few budgets' worth
+    whole = get_template("qwen2.5").between_ids(
+        tokenizer, Turn(history=trajectory.messages[:2], sampled=ids, results=trajectory.messages[2:3], tools=(dump.schema,))
+    )
+    assert list(trajectory.response_ids) == [*ids, *whole[: 100 - len(ids)]]
