@@ -663,3 +663,93 @@ async def test_a_huge_tool_output_is_cut_before_it_is_tokenised(size: int) -> No
         tokenizer, Turn(history=trajectory.messages[:2], sampled=ids, results=trajectory.messages[2:3], tools=(dump.schema,))
     )
     assert list(trajectory.response_ids) == [*ids, *whole[: 100 - len(ids)]]
+
+
+# --- the environment, read as openai-python reads it -----------------------------------
+
+
+class _RecordingProxy(_Disobedient):
+    """An HTTP proxy that answers for every host itself and records what it
+    was asked: a request reaches it only if the client took the proxy."""
+
+    def __enter__(self) -> str:
+        import http.server
+        import json
+        import threading
+
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        seen = self.seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, body: dict[str, Any]) -> None:
+                seen.append((self.path, dict(self.headers)))
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                self._send({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "me"}]})
+
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                self.rfile.read(int(self.headers["Content-Length"]))
+                message = {"role": "assistant", "content": "proxied"}
+                usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+                self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage})  # fmt: skip
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.mark.parametrize("library", ["aiohttp", "openai"])
+async def test_both_wire_paths_take_the_proxy_and_the_organization_from_the_environment(
+    library: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentfly_min import ClientConfig, open_backend
+
+    proxy = _RecordingProxy()
+    with proxy as proxy_url:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.setenv("http_proxy", proxy_url)
+        monkeypatch.setenv("OPENAI_ORG_ID", "org-from-env")
+        monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-from-env")
+        # A host nobody resolves: only the proxy can answer for it.
+        config = ClientConfig(base_url="http://api.example.invalid/v1", model="m", max_retries=0, http_library=library)
+        async with open_backend(config) as generate:
+            completion = await generate(Request(messages=(Message(role="user", content="hi"),), max_new_tokens=4))
+    assert completion.outputs[0].text == "proxied"
+    path, headers = proxy.seen[-1]
+    assert path == "http://api.example.invalid/v1/chat/completions"  # the absolute form a proxy is sent
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert lowered["openai-organization"] == "org-from-env" and lowered["openai-project"] == "proj-from-env"
+
+
+def test_local_health_checks_do_not_go_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentfly_min.local.environment import local_urlopen
+
+    with _Disobedient() as base_url:
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens: a proxied call fails
+        monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        with local_urlopen(f"{base_url}/models", timeout=10) as response:
+            assert response.status == 200
+
+
+def test_azure_takes_its_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentfly_min import ClientConfig
+    from agentfly_min.transports.client import _make_client
+
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-key-from-env")
+    monkeypatch.setenv("OPENAI_API_KEY", "openai-key")
+    config = ClientConfig(base_url="https://example.openai.azure.com", azure_api_version="2024-06-01", model="d")
+    assert _make_client(config, None).api_key == "azure-key-from-env"

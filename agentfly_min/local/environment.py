@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from ..configs import AsyncVLLMConfig
 
 __all__ = [
     "Device",
     "free_port",
+    "local_urlopen",
     "cpu_environment",
     "cpu_engine_config",
     "detect_device",
@@ -62,6 +64,13 @@ def cpu_engine_config(max_model_len: int = 1024) -> AsyncVLLMConfig:
         max_num_seqs=64,
         kv_cache_memory_bytes=128 << 20,
     )
+
+
+def local_urlopen(url: str | urllib.request.Request, *, timeout: float) -> Any:
+    """``urllib.request.urlopen`` for a local stack's own endpoints on
+    127.0.0.1, past any configured proxy (urllib honours HTTP_PROXY, and a
+    proxy cannot reach this machine's loopback)."""
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=timeout)
 
 
 def free_port() -> int:

@@ -19,12 +19,11 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from .environment import Device, cpu_environment, free_port
+from .environment import Device, cpu_environment, free_port, local_urlopen
 from .vllm_server import VLLMServer
 
 __all__ = ["Fleet", "Router", "Policy", "FleetError"]
@@ -97,7 +96,7 @@ class Router:
             if self._proc.poll() is not None:
                 raise FleetError(f"vllm-router exited with {self._proc.returncode}; its last lines:\n{self.tail()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
+                with local_urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -208,7 +207,7 @@ class Fleet:
     def prefix_cache(self, index: int) -> tuple[float, float]:
         """Server ``index``'s prefix-cache (hits, queries) in tokens, from its
         ``/metrics``."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.servers[index].port}/metrics", timeout=10) as response:
+        with local_urlopen(f"http://127.0.0.1:{self.servers[index].port}/metrics", timeout=10) as response:
             text = response.read().decode()
 
         def total(name: str) -> float:

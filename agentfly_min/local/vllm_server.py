@@ -7,12 +7,11 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from ._shm import shm_entries, sweep_shm
-from .environment import Device, cpu_environment, free_port
+from .environment import Device, cpu_environment, free_port, local_urlopen
 
 __all__ = ["VLLMServer"]
 
@@ -139,7 +138,7 @@ class VLLMServer:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"vLLM server exited with {self._proc.returncode}:\n{tail}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
+                with local_urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):

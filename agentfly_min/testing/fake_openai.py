@@ -55,6 +55,8 @@ from typing import Any, Literal, TypeAlias
 import anyio
 import msgspec
 
+from ..local.environment import local_urlopen
+
 __all__ = ["FakeOpenAIServer", "FaultKind", "ServerSettings", "LogEntry", "SeenRequest"]
 
 FaultKind: TypeAlias = Literal["429", "500", "503", "400", "drop", "slow", "malformed", "empty", "context", "cut"]
@@ -438,20 +440,20 @@ class FakeOpenAIServer:
         self._post("/_control", msgspec.json.encode(chosen))
 
     def log(self) -> list[LogEntry]:
-        with urllib.request.urlopen(f"{self.url}/_log", timeout=30) as response:
+        with local_urlopen(f"{self.url}/_log", timeout=30) as response:
             return msgspec.json.decode(response.read(), type=list[LogEntry])
 
     def requests(self) -> list[SeenRequest]:
         """Every request the server received since the last ``configure``,
         with its path, query, headers and JSON body."""
-        with urllib.request.urlopen(f"{self.url}/_requests", timeout=30) as response:
+        with local_urlopen(f"{self.url}/_requests", timeout=30) as response:
             return msgspec.json.decode(response.read(), type=list[SeenRequest])
 
     def _post(self, path: str, body: bytes) -> None:
         request = urllib.request.Request(
             f"{self.url}{path}", data=body, headers={"content-type": "application/json"}, method="POST"
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with local_urlopen(request, timeout=30) as response:
             response.read()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -58,10 +59,13 @@ class _Credential(str):
 
 def _headers(config: ClientConfig) -> dict[str, str]:
     headers = {"Authorization": _Credential(f"Bearer {_api_key(config)}"), "Content-Type": "application/json", "Accept": "application/json"}
-    if config.organization is not None:
-        headers["OpenAI-Organization"] = config.organization
-    if config.project is not None:
-        headers["OpenAI-Project"] = config.project
+    # Unset, they come from the environment, as the SDK reads them.
+    organization = config.organization if config.organization is not None else os.environ.get("OPENAI_ORG_ID")
+    project = config.project if config.project is not None else os.environ.get("OPENAI_PROJECT_ID")
+    if organization is not None:
+        headers["OpenAI-Organization"] = organization
+    if project is not None:
+        headers["OpenAI-Project"] = project
     headers.update(config.default_headers or {})
     return headers
 
@@ -104,8 +108,11 @@ class _Wire:
         # aiohttp's total deadline is the per-attempt timeout of the default
         # stack (client_middleware leaves its own layer out on this path):
         # one timer per request, not two.
+        # trust_env: HTTP(S)_PROXY, NO_PROXY and .netrc, as openai-python's
+        # httpx client reads them (plain calls and streams take one route).
         self.session = aiohttp.ClientSession(
             connector=connector,
+            trust_env=True,
             headers=_headers(config),
             timeout=aiohttp.ClientTimeout(total=config.timeout),
             json_serialize=lambda value: msgspec.json.encode(value).decode(),

@@ -486,6 +486,8 @@ def client_middleware(config: ClientConfig, *, attempt_timeout: bool = True) -> 
 def _api_key(config: ClientConfig) -> str:
     if isinstance(config.api_key, Secret):
         return config.api_key.reveal()
+    if config.azure_api_version is not None and os.environ.get("AZURE_OPENAI_API_KEY"):
+        return os.environ["AZURE_OPENAI_API_KEY"]  # what the SDK's Azure client reads
     # Local servers (vLLM) accept any key; the SDK refuses to start without one.
     return os.environ.get("OPENAI_API_KEY") or "EMPTY"
 
