@@ -126,6 +126,30 @@ async def test_requests_without_a_session_spread_over_the_servers(fleet: Fleet) 
 
 @pytest.mark.slow
 @pytest.mark.anyio
+async def test_chains_ride_out_a_router_that_dies(fleet: Fleet) -> None:
+    """Every in-flight chain used to fail within about 15 s, and a new
+    router took a new port. The watcher starts it again on the same address
+    and the client's retries carry the chains over."""
+    router = fleet.router
+    assert router is not None
+    port, restarts = router.port, router.restarts
+    agent = Agent(model_name_or_path=fleet.model, backend="client", max_turns=1, max_new_tokens=16)
+    async with open_backend(ClientConfig(base_url=fleet.base_url, timeout=60)) as generate:
+
+        async def crash_soon() -> None:
+            await anyio.sleep(0.5)
+            router.kill()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(crash_soon)
+            trajectories = await rollout(agent, generate, [{"id": f"r{i}", "question": "hi"} for i in range(32)], concurrency=8)
+    assert [t.error for t in trajectories] == [None] * 32
+    assert sum(sum(t.retries.values()) for t in trajectories) >= 1  # the crash was felt
+    assert router.restarts == restarts + 1 and fleet.router is router and router.port == port
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
 async def test_a_server_that_cannot_do_token_prompts_is_a_clear_error_at_once(fake_server: FakeOpenAIServer, tokenizer: Any) -> None:
     fake_server.configure()
     agent = Agent(model_name_or_path="fake-echo", backend="client", max_turns=2)

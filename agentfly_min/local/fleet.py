@@ -13,10 +13,12 @@ within ``router_timeout`` is an error carrying its last log lines.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 from collections.abc import Sequence
@@ -27,6 +29,8 @@ from .environment import Device, cpu_environment, free_port, local_urlopen
 from .vllm_server import VLLMServer
 
 __all__ = ["Fleet", "Router", "Policy", "FleetError"]
+
+_log = logging.getLogger("agentfly_min.fleet")
 
 Policy = Literal["consistent_hash", "sticky_least_loaded", "round_robin", "cache_aware", "power_of_two", "random"]
 
@@ -39,7 +43,13 @@ class Router:
     """``vllm-router`` in front of ``worker_urls``, as a child process:
     ``with Router(urls, work_dir=...) as router:``; ``router.base_url``. Its
     log goes to ``router.log_path``; one that exits or is not healthy within
-    ``timeout`` raises :class:`FleetError` with its last lines."""
+    ``timeout`` raises :class:`FleetError` with its last lines.
+
+    A router that dies while running is started again on the same address
+    by a watcher thread (``restarts`` counts it): open clients keep their
+    URL, and requests that failed meanwhile are retried by the client's
+    retry layer. ``port`` reuses an address (``Fleet.reroute`` keeps its
+    own); by default a free one is taken."""
 
     def __init__(
         self,
@@ -49,15 +59,22 @@ class Router:
         policy: Policy = "consistent_hash",
         timeout: float = 60.0,
         extra_args: Sequence[str] = (),
+        port: int | None = None,
+        watch_interval: float = 0.5,
     ) -> None:
         self.worker_urls = list(worker_urls)
         self.policy = policy
         self._work_dir = work_dir
         self._timeout = timeout
         self._extra_args = list(extra_args)
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
+        self._metrics_port = free_port()
         self.log_path = work_dir / f"vllm-router-{self.port}.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._watch_interval = watch_interval
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -65,29 +82,55 @@ class Router:
 
     def __enter__(self) -> Router:
         self._work_dir.mkdir(parents=True, exist_ok=True)
+        self._launch()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        self._stop.clear()
+        self._watcher = threading.Thread(target=self._watch, name=f"vllm-router watcher :{self.port}", daemon=True)
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _launch(self) -> None:
         args = [
             sys.executable, "-m", "vllm_router.launch_router",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--worker-urls", *self.worker_urls,
             "--policy", self.policy,
             # Its metrics on a port of its own: two routers must not collide.
-            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
+            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(self._metrics_port),
             # Notice a dead server within seconds, not the default minute.
             "--health-check-interval-secs", "1", "--health-failure-threshold", "1",
             *self._extra_args,
         ]  # fmt: skip
         env = {**os.environ, **cpu_environment(self._work_dir)}
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def _watch(self) -> None:
+        """Start the router again, on the same address, whenever it dies."""
+        while not self._stop.wait(self._watch_interval):
+            proc = self._proc
+            if proc is None or proc.poll() is None:
+                continue
+            _log.warning("vllm-router on port %d exited with %s; starting it again on the same address", self.port, proc.returncode)
+            try:
+                self._launch()
+                self._wait_ready()
+            except FleetError as exc:  # try again at the next look; clients keep retrying meanwhile
+                _log.error("vllm-router did not come back: %s", exc)
+                continue
+            self.restarts += 1
+
+    def kill(self) -> None:
+        """Kill the router outright, as a crash would (the watcher restarts it)."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, 9)
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
@@ -111,6 +154,10 @@ class Router:
             return "(no log)"
 
     def close(self) -> None:
+        self._stop.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.join(timeout=self._timeout + 5)
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -175,10 +222,14 @@ class Fleet:
     def reroute(self, policy: Policy) -> None:
         """Replace the router by one with ``policy``, keeping the servers
         (and their caches): to compare policies on the same fleet."""
+        port = None
         if self.router is not None:
+            port = self.router.port  # the same address: open clients keep working
             self.router.close()
         self.policy = policy
-        self.router = Router(self.worker_urls, work_dir=self._work_dir, policy=policy, timeout=self._router_timeout, extra_args=self._router_args)
+        self.router = Router(
+            self.worker_urls, work_dir=self._work_dir, policy=policy, timeout=self._router_timeout, extra_args=self._router_args, port=port
+        )
         self.router.__enter__()
 
     def server_id(self, index: int) -> str:
