@@ -753,3 +753,39 @@ def test_azure_takes_its_key_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OPENAI_API_KEY", "openai-key")
     config = ClientConfig(base_url="https://example.openai.azure.com", azure_api_version="2024-06-01", model="d")
     assert _make_client(config, None).api_key == "azure-key-from-env"
+
+
+async def test_a_huge_tool_output_without_a_budget_is_tokenised_off_the_event_loop() -> None:
+    import threading
+
+    from .test_families import tokenizer_for
+
+    threads: list[bool] = []
+
+    class Recording(_CountingTokenizer):
+        def encode(self, text: str, *args: Any, **kwargs: Any) -> Any:
+            if len(text) > 100_000:
+                threads.append(threading.current_thread() is threading.main_thread())
+            return super().encode(text, *args, **kwargs)
+
+    @tool
+    def dump(expression: str) -> str:
+        """Prints a lot.
+
+        Args:
+            expression: ignored.
+        """
+        return "x = 1\n" * 100_000
+
+    tokenizer = Recording(tokenizer_for("qwen2.5"))
+    text = '<tool_call>\n{"name": "dump", "arguments": {"expression": "x"}}\n</tool_call>'
+    ids = tuple(tokenizer.encode(text + "<|im_end|>", add_special_tokens=False))
+
+    async def token_level(request: Request) -> Completion:
+        await anyio.lowlevel.checkpoint()
+        done = len(request.messages) > 1
+        return Completion(outputs=(Output(text="4" if done else text, finish_reason="stop", token_ids=(19,) if done else ids),))
+
+    trajectory = await run_agent(Agent(model_name_or_path="m", tools=[dump], max_turns=2), token_level, {"id": "t", "question": "q"}, tokenizer=tokenizer)
+    assert trajectory.error is None and trajectory.token_level
+    assert threads == [False]  # tokenised once, on a worker thread
