@@ -545,17 +545,26 @@ async def test_a_chain_that_runs_out_of_retries_records_its_attempts() -> None:
     assert trajectory.attempts == 5 and trajectory.retries == {"HTTP 503": 4}
 
 
-class _Disobedient:
-    """An OpenAI-compatible server (stdlib, on a thread) that answers every
-    chat completion with 501 completion tokens, whatever was asked."""
+class _StdlibServer:
+    """An OpenAI-compatible server (stdlib, on a thread) that lists one model
+    and answers every chat completion with ``content`` and ``completion_tokens``
+    whatever was asked, recording each request's path and headers. Set as a
+    proxy, it answers for every host itself."""
+
+    def __init__(self, content: str = "ok", completion_tokens: int = 1) -> None:
+        self.content, self.completion_tokens = content, completion_tokens
+        self.seen: list[tuple[str, dict[str, str]]] = []
 
     def __enter__(self) -> str:
         import http.server
         import json
         import threading
 
+        owner = self
+
         class Handler(http.server.BaseHTTPRequestHandler):
             def _send(self, body: dict[str, Any]) -> None:
+                owner.seen.append((self.path, dict(self.headers)))
                 data = json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -568,17 +577,18 @@ class _Disobedient:
 
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 self.rfile.read(int(self.headers["Content-Length"]))
-                message = {"role": "assistant", "content": "word " * 501}
-                usage = {"prompt_tokens": 3, "completion_tokens": 501, "total_tokens": 504}
+                message = {"role": "assistant", "content": owner.content}
+                used = owner.completion_tokens
+                usage = {"prompt_tokens": 3, "completion_tokens": used, "total_tokens": 3 + used}
                 self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                            "choices": [{"index": 0, "message": message, "finish_reason": "length"}], "usage": usage})  # fmt: skip
+                            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage})  # fmt: skip
 
             def log_message(self, *args: Any) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
@@ -589,8 +599,8 @@ class _Disobedient:
 async def test_a_server_that_returns_more_tokens_than_asked_is_refused(library: Any) -> None:
     from agentfly_min import ClientConfig, MalformedResponseError, open_backend
 
-    with _Disobedient() as base_url:
-        async with open_backend(ClientConfig(base_url=base_url, model="m", max_retries=0, http_library=library)) as generate:
+    with _StdlibServer("word " * 501, completion_tokens=501) as url:  # whatever it was asked
+        async with open_backend(ClientConfig(base_url=f"{url}/v1", model="m", max_retries=0, http_library=library)) as generate:
             with pytest.raises(MalformedResponseError, match="501 tokens for a budget of 50"):
                 await generate(Request(messages=(Message(role="user", content="hi"),), max_new_tokens=50))
 
@@ -668,53 +678,13 @@ async def test_a_huge_tool_output_is_cut_before_it_is_tokenised(size: int) -> No
 # --- the environment, read as openai-python reads it -----------------------------------
 
 
-class _RecordingProxy(_Disobedient):
-    """An HTTP proxy that answers for every host itself and records what it
-    was asked: a request reaches it only if the client took the proxy."""
-
-    def __enter__(self) -> str:
-        import http.server
-        import json
-        import threading
-
-        self.seen: list[tuple[str, dict[str, str]]] = []
-        seen = self.seen
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _send(self, body: dict[str, Any]) -> None:
-                seen.append((self.path, dict(self.headers)))
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-                self._send({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "me"}]})
-
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-                self.rfile.read(int(self.headers["Content-Length"]))
-                message = {"role": "assistant", "content": "proxied"}
-                usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-                self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage})  # fmt: skip
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
 @pytest.mark.parametrize("library", ["aiohttp", "openai"])
 async def test_both_wire_paths_take_the_proxy_and_the_organization_from_the_environment(
     library: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from agentfly_min import ClientConfig, open_backend
 
-    proxy = _RecordingProxy()
+    proxy = _StdlibServer("proxied")
     with proxy as proxy_url:
         for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
             monkeypatch.delenv(name, raising=False)
@@ -736,12 +706,12 @@ async def test_both_wire_paths_take_the_proxy_and_the_organization_from_the_envi
 def test_local_health_checks_do_not_go_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     from agentfly_min.local.environment import local_urlopen
 
-    with _Disobedient() as base_url:
+    with _StdlibServer() as url:
         monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens: a proxied call fails
         monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
-        with local_urlopen(f"{base_url}/models", timeout=10) as response:
+        with local_urlopen(f"{url}/v1/models", timeout=10) as response:
             assert response.status == 200
 
 
