@@ -26,6 +26,7 @@ from agentfly_min import (
     rollout,
     run_agent,
 )
+from agentfly_min.agent import Trajectory, rollout_stream
 from agentfly_min.local._shm import shm_entries
 from agentfly_min.local.fleet import Fleet, FleetError, Router
 from agentfly_min.testing import FakeOpenAIServer
@@ -134,17 +135,19 @@ async def test_chains_ride_out_a_router_that_dies(fleet: Fleet) -> None:
     assert router is not None
     port, restarts = router.port, router.restarts
     agent = Agent(model_name_or_path=fleet.model, backend="client", max_turns=1, max_new_tokens=16)
+    tasks = [{"id": f"r{i}", "question": "hi"} for i in range(32)]
+    trajectories: list[Trajectory] = []
     async with open_backend(ClientConfig(base_url=fleet.base_url, timeout=60)) as generate:
-
-        async def crash_soon() -> None:
-            await anyio.sleep(0.5)
-            router.kill()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(crash_soon)
-            trajectories = await rollout(agent, generate, [{"id": f"r{i}", "question": "hi"} for i in range(32)], concurrency=8)
+        async with rollout_stream(agent, generate, tasks, concurrency=8) as finished:
+            async for trajectory in finished:
+                trajectories.append(trajectory)
+                if len(trajectories) == 4:
+                    router.kill()  # with 8 chains in flight and 20 not started
     assert [t.error for t in trajectories] == [None] * 32
     assert sum(sum(t.retries.values()) for t in trajectories) >= 1  # the crash was felt
+    with anyio.fail_after(30):  # the watcher counts the restart once the router answers its health check
+        while router.restarts == restarts:
+            await anyio.sleep(0.1)
     assert router.restarts == restarts + 1 and fleet.router is router and router.port == port
 
 
