@@ -141,7 +141,7 @@ def test_api_key_does_not_leak_through_generic_paths() -> None:
 
 
 def test_a_masked_key_read_back_is_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agentfly_min.transports.client import _api_key
+    from agentfly_min.transports._openai_wire import _api_key
 
     written = encode_config(ClientConfig(api_key="sk-very-secret"))
     assert b"sk-very-secret" not in written

@@ -617,7 +617,7 @@ def test_a_stream_with_no_chunk_or_no_finish_reason_is_not_an_answer() -> None:
 
 
 def test_a_token_id_outside_the_vocabulary_is_named_as_such() -> None:
-    from agentfly_min.transports.client import token_prompt_refused
+    from agentfly_min.transports._openai_wire import token_prompt_refused
 
     error = token_prompt_refused("Token id 5000 is out of vocabulary", "rid")
     assert "vocabulary" in str(error) and "need a vLLM server" not in str(error)

@@ -30,7 +30,7 @@ from ..local.server_id import HEADER as SERVER_HEADER
 from ..records import Completion, Generate, Request
 from ._bridge import AsyncioThread, on_asyncio
 from ._chat import refuse_images
-from .client import (
+from ._openai_wire import (
     _api_key,
     _body,
     _completion,
