@@ -157,7 +157,6 @@ class _Tokens:
             self.versions.extend([-1] * len(ids))
         return fits
 
-
     def _splice(
         self, history: Sequence[Message], results: Sequence[Message], tools: Sequence[ToolSchema], room: int | None
     ) -> tuple[list[int], bool]:
