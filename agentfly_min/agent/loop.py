@@ -13,30 +13,30 @@ trajectory and the other chains go on. Only cancellation propagates.
 
 from __future__ import annotations
 
-import inspect
 import logging
-import math
 import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, cast
+from typing import Any
 
 import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._text import one_line
-from .._user_code import escapes, run_in_daemon_thread
+from .._user_code import escapes
 from ..errors import ConfigError, ContextLengthError, RetriesExhaustedError
-from ..records import Completion, FunctionCall, Generate, Message, Output, Request, ToolCall, ToolSchema, Usage
-from ..templates import MalformedToolCall, ParsedCall, ParsedTurn, Template, Turn, get_template
+from ..records import Completion, Generate, Message, Output, Request, ToolCall, Usage
+from ..templates import Template, get_template
 from ..tools import Tool, ToolError
-from ..transports._chat import IMAGES_NOT_YET
 from ..stream import Chunk, Stream, collect_chunks
 from .agent import Agent, Task
 from .events import EpisodeDone, Event, ReasoningDelta, TextDelta, ToolCallEvent, ToolResultEvent, TurnEnd
+from ._reward import reward_trajectory
+from ._tokens import OFF_LOOP_CHARS, TokenRecord, Tokenizer
+from ._turns import read_calls
 from .trajectory import EpisodeEnd, Trajectory
 
 __all__ = ["Tokenizer", "Progress", "run_agent", "stream_agent", "rollout", "rollout_stream", "task_messages", "task_id"]
@@ -44,12 +44,6 @@ __all__ = ["Tokenizer", "Progress", "run_agent", "stream_agent", "rollout", "rol
 _log = logging.getLogger("agentfly_min.agent")
 _HEADER_UNSAFE = re.compile(r"[^!-~]")
 _tool_log = logging.getLogger("agentfly_min.tools")
-
-
-class Tokenizer(Protocol):
-    """What the loop needs of a tokenizer (a ``transformers`` tokenizer fits)."""
-
-    def encode(self, text: str, /, *, add_special_tokens: bool) -> list[int]: ...
 
 
 Progress = Callable[[int, int, Trajectory], None]
@@ -82,172 +76,6 @@ def task_messages(task: Task, system_prompt: str | None) -> tuple[Message, ...]:
     if system_prompt is not None and messages[0].role not in ("system", "developer"):
         messages = (Message(role="system", content=system_prompt), *messages)
     return messages
-
-
-class _Tokens:
-    """The token-exact record of an episode, grown turn by turn: the ids the
-    engine sampled, with the template's splices between turns.
-
-    ``logprobs`` and ``versions`` stay aligned with ``ids`` while every
-    sampled turn brings them; the first turn without them turns them to None
-    for good (a partial record would mislead a trainer)."""
-
-    def __init__(
-        self,
-        tokenizer: Tokenizer,
-        template: Template,
-        messages: Sequence[Message],
-        tools: Sequence[ToolSchema],
-        max_prompt_tokens: int | None,
-    ) -> None:
-        self._tokenizer = tokenizer
-        self._template = template
-        if any(message.images for message in messages):
-            raise ValueError(IMAGES_NOT_YET)
-        template.check(tokenizer)
-        ids = template.prompt_ids(tokenizer, messages, tools)
-        self.dropped = 0
-        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-            self.dropped = len(ids) - max_prompt_tokens
-            ids = ids[self.dropped :]
-            _log.warning("prompt of %d tokens cut to its last %d (max_prompt_tokens)", len(ids) + self.dropped, len(ids))
-        self.prompt_ids = ids
-        self.ids: list[int] = []
-        self.mask: list[int] = []
-        self.sources: list[int] = []
-        self.logprobs: list[float] | None = []
-        self.versions: list[int] | None = []
-        self._last: tuple[int, ...] = ()
-
-    def context(self) -> tuple[int, ...]:
-        return (*self.prompt_ids, *self.ids)
-
-    def sampled(self, output: Output, message_index: int) -> None:
-        ids = output.token_ids or ()
-        self._last = tuple(ids)
-        self.ids.extend(ids)
-        self.mask.extend([1] * len(ids))
-        self.sources.extend([message_index] * len(ids))
-        if self.logprobs is not None:
-            logprobs = _finite(output.logprobs)
-            if logprobs is not None and len(logprobs) == len(ids):
-                self.logprobs.extend(logprobs)
-            else:
-                self.logprobs = None
-        if self.versions is not None:
-            if output.weight_versions is not None and len(output.weight_versions) == len(ids):
-                self.versions.extend(output.weight_versions)
-            else:
-                self.versions = None
-
-    def observation(
-        self, history: Sequence[Message], results: Sequence[Message], tools: Sequence[ToolSchema], room: int | None
-    ) -> bool:
-        """Splice in what the template puts after the last sampled turn: its
-        end (if the model did not sample it), the tool results, the next
-        generation prompt. At most ``room`` tokens go in; returns False when
-        the splice had to be cut there (the budget is spent)."""
-        ids, fits = self._splice(history, results, tools, room)
-        self.ids.extend(ids)
-        self.mask.extend([0] * len(ids))
-        self.sources.extend([len(history)] * len(ids))  # the first tool result of the round
-        if self.logprobs is not None:
-            self.logprobs.extend([0.0] * len(ids))
-        if self.versions is not None:
-            self.versions.extend([-1] * len(ids))
-        return fits
-
-    def _splice(
-        self, history: Sequence[Message], results: Sequence[Message], tools: Sequence[ToolSchema], room: int | None
-    ) -> tuple[list[int], bool]:
-        """The splice's ids, at most ``room`` of them, and whether it fit.
-
-        Tool results are cut before they are tokenised: 4 MB of output took
-        13 s to tokenise on the event loop for a budget of 100 tokens. Each
-        result is cut to ``limit`` characters; when the splice then still
-        overruns the room, and cutting at twice the limit gives the same
-        first ``room`` ids, those are the ids the whole text would give (the
-        cut only changes tokens near it, past the room). Otherwise the limit
-        grows fourfold, up to the whole text."""
-
-        def render(limit: int | None) -> list[int]:
-            cut = results if limit is None else [_cut(message, limit) for message in results]
-            return self._template.between_ids(self._tokenizer, Turn(history=history, sampled=self._last, results=cut, tools=tools))
-
-        if room is not None:
-            room = max(room, 0)
-            longest = max((len(message.text) for message in results), default=0)
-            limit = 4 * room + 256
-            while limit < longest:
-                short = render(limit)
-                if len(short) > room and short[:room] == render(2 * limit)[:room]:
-                    return short[:room], False
-                limit *= 4
-        ids = render(None)
-        if room is None or len(ids) <= room:
-            return ids, True
-        return ids[:room], False
-
-
-def _cut(message: Message, limit: int) -> Message:
-    if isinstance(message.content, str) and len(message.content) > limit:
-        return msgspec.structs.replace(message, content=message.content[:limit])
-    return message
-
-
-_OFF_LOOP_CHARS = 256 * 1024
-"""Tool output beyond this many characters is tokenised on a worker thread
-(about 0.5 s of a fast tokenizer's time here)."""
-
-LOGPROB_FLOOR = -9999.0
-"""What a logprob of ``-inf`` is recorded as: vLLM's OpenAI server's floor.
-JSON has no infinity (it would be written as ``null`` and the line would no
-longer read as a trajectory)."""
-
-
-def _finite(logprobs: Sequence[float] | None) -> Sequence[float] | None:
-    """``logprobs`` with ``-inf`` at the floor; None if one is NaN or
-    ``+inf`` (no probability: a broken report, not a value)."""
-    if logprobs is None or all(map(math.isfinite, logprobs)):
-        return logprobs
-    if any(math.isnan(x) or x == math.inf for x in logprobs):
-        return None
-    return [max(x, LOGPROB_FLOOR) for x in logprobs]
-
-
-def _calls(
-    output: Output, turn: int, template: Template, text: str, tools: Sequence[ToolSchema]
-) -> tuple[tuple[ToolCall, ...], list[str | None], ParsedTurn]:
-    """The turn's tool calls, an error per call (None if it parsed) and the
-    turn as the template reads it from ``text`` (with the ``tools``' schemas
-    where the format needs them). Every call gets an id of its own: a server
-    may send none, or the same one twice."""
-    if output.tool_calls:  # the server parsed them already
-        calls = _distinct_ids(output.tool_calls, turn, template)
-        return calls, [None] * len(calls), ParsedTurn(content=output.text, reasoning=output.reasoning)
-    parsed = template.parse_with_tools(text, tools) if template.parse_with_tools is not None else template.parse(text)
-    found: list[ToolCall] = []
-    errors: list[str | None] = []
-    for k, call in enumerate(parsed.calls):
-        if isinstance(call, ParsedCall):
-            found.append(ToolCall(id=call.id or "", function=FunctionCall(name=call.name, arguments=call.arguments)))
-            errors.append(None)
-        else:
-            assert isinstance(call, MalformedToolCall)
-            found.append(ToolCall(id="", function=FunctionCall(name="invalid_tool_call", arguments=call.raw)))
-            errors.append(f"Error: malformed tool call: {call.reason}.")
-    return _distinct_ids(found, turn, template), errors, parsed
-
-
-def _distinct_ids(calls: Sequence[ToolCall], turn: int, template: Template) -> tuple[ToolCall, ...]:
-    seen: set[str] = set()
-    out: list[ToolCall] = []
-    for k, call in enumerate(calls):
-        if not call.id or call.id in seen:
-            call = ToolCall(id=template.call_id(turn, k), function=call.function)
-        seen.add(call.id)
-        out.append(call)
-    return tuple(out)
 
 
 async def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> tuple[str, str | None]:
@@ -309,45 +137,6 @@ async def _run_tools(
     return messages, kinds
 
 
-def _is_async(function: Callable[..., object]) -> bool:
-    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(getattr(function, "__call__", None))
-
-
-async def _reward(agent: Agent[Any], trajectory: Trajectory, task: Task) -> Trajectory:
-    reward_fn = agent.reward_fn
-    if reward_fn is None or trajectory.error is not None:
-        return trajectory
-    start = anyio.current_time()
-    error: str | None = None
-    reward: float | None = None
-    with anyio.move_on_after(agent.reward_timeout) as deadline:
-        try:
-            value: Any
-            if _is_async(reward_fn):
-                value = await cast(Awaitable[float], reward_fn(trajectory, task))
-            else:
-                # Off the event loop: a synchronous reward (a grader, a test run)
-                # may compute for seconds and would hold every other chain. Past
-                # its timeout the thread is abandoned (a daemon: exit is not held).
-                value = await run_in_daemon_thread(lambda: reward_fn(trajectory, task), name="agentfly_min reward")
-                if inspect.isawaitable(value):
-                    value = await value
-            reward = float(value)
-        except BaseException as exc:  # noqa: BLE001 - a reward is user code; its failure is recorded, not raised
-            if escapes(exc):
-                raise
-            error = f"{type(exc).__name__}: {one_line(str(exc))}"
-    if deadline.cancelled_caught:
-        error = f"the reward did not return within {agent.reward_timeout:g} s (Agent.reward_timeout)"
-    if reward is not None and not math.isfinite(reward):
-        error, reward = f"the reward is {reward} (not a finite number)", None
-    seconds = anyio.current_time() - start
-    if error is not None:
-        _log.warning("%s: reward failed: %s", trajectory.request_id, error)
-        return msgspec.structs.replace(trajectory, reward_error=error, reward_seconds=seconds)
-    return msgspec.structs.replace(trajectory, reward=reward, reward_seconds=seconds)
-
-
 class _Episode:
     """The state of one episode, updated turn by turn, that becomes its
     trajectory."""
@@ -362,7 +151,7 @@ class _Episode:
         self.tools = {t.name: t for t in agent.tools}
         self.schemas = tuple(t.schema for t in agent.tools)
         self.messages: list[Message] = []
-        self.tokens: _Tokens | None = None
+        self.tokens: TokenRecord | None = None
         self.had_ids = False
         self.gap: int | None = None  # the first turn that came back without token ids
         self.turns = self.tool_calls = self.tool_rounds = self.attempts = 0
@@ -518,7 +307,7 @@ async def _turns(episode: _Episode, generate: Generate, emit: Emit | None = None
         text = output.text
         if episode.template.decode is not None and tokens is not None and output.token_ids is not None:
             text = episode.template.decode(episode.tokenizer, output.token_ids)
-        calls, parse_errors, parsed = _calls(output, episode.turns, episode.template, text, episode.schemas)
+        calls, parse_errors, parsed = read_calls(output, episode.turns, episode.template, text, episode.schemas)
         assistant = Message(role="assistant", content=parsed.content, reasoning_content=parsed.reasoning, tool_calls=calls)
         episode.messages.append(assistant)
         if emit is not None:
@@ -547,7 +336,7 @@ async def _turns(episode: _Episode, generate: Generate, emit: Emit | None = None
             size = sum(len(m.text) for m in results)
             if room is not None:
                 size = min(size, 2 * len(results) * (4 * max(room, 0) + 256))
-            if size > _OFF_LOOP_CHARS:  # a large splice is tokenised off the loop: it would hold every chain
+            if size > OFF_LOOP_CHARS:  # a large splice is tokenised off the loop: it would hold every chain
                 fits = await anyio.to_thread.run_sync(tokens.observation, history, results, episode.schemas, room)
             else:
                 fits = tokens.observation(history, results, episode.schemas, room)
@@ -611,13 +400,13 @@ async def _episode(
         try:
             episode.messages = list(task_messages(task, agent.system_prompt))
             if tokenizer is not None:
-                episode.tokens = _Tokens(tokenizer, episode.template, episode.messages, episode.schemas, agent.max_prompt_tokens)
+                episode.tokens = TokenRecord(tokenizer, episode.template, episode.messages, episode.schemas, agent.max_prompt_tokens)
         except (ValueError, msgspec.ValidationError) as exc:
             return episode.trajectory("error", error=f"bad task: {one_line(str(exc))}")
         reason, error = await _turns(episode, generate, emit)
         if error is not None:
             _log.warning("%s: episode ended by an error: %s", session, error)
-        return await _reward(agent, episode.trajectory(reason, error=error), task)
+        return await reward_trajectory(agent.reward_fn, agent.reward_timeout, episode.trajectory(reason, error=error), task)
     except BaseException as exc:  # noqa: BLE001 - the promise: every episode ends in a trajectory
         if escapes(exc):
             raise
