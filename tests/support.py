@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 
@@ -64,3 +65,20 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.now += seconds
         await anyio.lowlevel.checkpoint()
+
+
+def token_model(tokenizer: Any, turns: Sequence[str], *, end: bool = True) -> tuple[Generate, list[Request]]:
+    """A token-level transport: samples the canonical tokens of ``turns``
+    (plus ``<|im_end|>`` when ``end``), with made-up logprobs."""
+    seen: list[Request] = []
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    async def generate(request: Request) -> Completion:
+        seen.append(request)
+        text = turns[min(len(seen), len(turns)) - 1]
+        ids = tokenizer.encode(text, add_special_tokens=False) + ([im_end] if end else [])
+        logprobs = tuple(-0.01 * (i + 1) for i in range(len(ids)))
+        output = Output(text=text, finish_reason="stop" if end else "length", token_ids=tuple(ids), logprobs=logprobs)
+        return Completion(outputs=(output,), usage=Usage(prompt_tokens=len(request.prompt_ids or ()), completion_tokens=len(ids)))
+
+    return generate, seen

@@ -35,6 +35,7 @@ from agentfly_min.agent import rollout_stream
 from agentfly_min.rewards import math_reward_string_equal
 from agentfly_min.templates.qwen25 import render
 from agentfly_min.tools import calculator
+from .support import token_model
 
 pytestmark = pytest.mark.anyio
 
@@ -54,23 +55,6 @@ def text_model(turns: Sequence[str]) -> tuple[Generate, list[Request]]:
         seen.append(request)
         text = turns[min(len(seen), len(turns)) - 1]
         return Completion(outputs=(Output(text=text, finish_reason="stop"),), usage=Usage(prompt_tokens=10, completion_tokens=5))
-
-    return generate, seen
-
-
-def token_model(tokenizer: Any, turns: Sequence[str], *, end: bool = True) -> tuple[Generate, list[Request]]:
-    """A token-level transport: samples the canonical tokens of ``turns``
-    (plus ``<|im_end|>`` when ``end``), with made-up logprobs."""
-    seen: list[Request] = []
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-    async def generate(request: Request) -> Completion:
-        seen.append(request)
-        text = turns[min(len(seen), len(turns)) - 1]
-        ids = tokenizer.encode(text, add_special_tokens=False) + ([im_end] if end else [])
-        logprobs = tuple(-0.01 * (i + 1) for i in range(len(ids)))
-        output = Output(text=text, finish_reason="stop" if end else "length", token_ids=tuple(ids), logprobs=logprobs)
-        return Completion(outputs=(output,), usage=Usage(prompt_tokens=len(request.prompt_ids or ()), completion_tokens=len(ids)))
 
     return generate, seen
 

@@ -89,17 +89,21 @@ class TokenRecord:
         end (if the model did not sample it), the tool results, the next
         generation prompt. At most ``room`` tokens go in; returns False when
         the splice had to be cut there (the budget is spent)."""
-        ids, fits = self._splice(history, results, tools, room)
+        ids, fits = self.splice(history, results, tools, room)
+        self.add_observation(ids, len(history))
+        return fits
+
+    def add_observation(self, ids: Sequence[int], source: int) -> None:
+        """Append spliced (not sampled) ids, from message ``source``."""
         self.ids.extend(ids)
         self.mask.extend([0] * len(ids))
-        self.sources.extend([len(history)] * len(ids))  # the first tool result of the round
+        self.sources.extend([source] * len(ids))  # the first tool result of the round
         if self.logprobs is not None:
             self.logprobs.extend([0.0] * len(ids))
         if self.versions is not None:
             self.versions.extend([-1] * len(ids))
-        return fits
 
-    def _splice(
+    def splice(
         self, history: Sequence[Message], results: Sequence[Message], tools: Sequence[ToolSchema], room: int | None
     ) -> tuple[list[int], bool]:
         """The splice's ids, at most ``room`` of them, and whether it fit.

@@ -10,10 +10,13 @@ from ..records import Message, Usage
 
 __all__ = ["Trajectory", "EpisodeEnd"]
 
-EpisodeEnd: TypeAlias = Literal["answer", "length", "max_turns", "context", "error"]
+EpisodeEnd: TypeAlias = Literal["answer", "length", "max_turns", "context", "error", "rewritten"]
 """Why an episode ended: the model answered without a tool call; its answer
-was cut off by the per-turn token limit; ``max_turns`` was reached; the
-context budget ran out; or an error ended it (``Trajectory.error`` says which)."""
+was cut off by the per-turn token limit; ``max_turns`` was reached (through
+the gateway: the agent stopped after a tool call); the context budget ran
+out; an error ended it (``Trajectory.error`` says which); or (a gateway
+segment) the agent's next request rewrote this history, and the session
+went on in the next segment."""
 
 
 class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -68,6 +71,12 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     the wall time of each model call, ``tool_seconds`` and ``reward_seconds``
     the time spent in tools and in the reward. ``num_turns`` counts model
     turns; ``tool_rounds`` the rounds of tool results that followed them.
+
+    Through the gateway (:mod:`agentfly_min.gateway`) a session whose agent
+    rewrote its history is several token-exact segments: ``segment`` numbers
+    this one (0 for :func:`run_agent`'s single one) and ``first_turn`` is the
+    session's turn its first model turn was, so it holds turns
+    ``first_turn`` to ``first_turn + num_turns - 1``.
     """
 
     task_id: str
@@ -105,6 +114,8 @@ class Trajectory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     turn_seconds: tuple[float, ...] = ()
     tool_seconds: float = 0.0
     reward_seconds: float = 0.0
+    segment: int = 0
+    first_turn: int = 0
 
     def final_text(self) -> str | None:
         """The content of the last assistant message, if any."""
