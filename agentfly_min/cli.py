@@ -1,4 +1,4 @@
-"""The ``agentfly-min`` command line: ``bench``, ``rollout``, ``run``, ``templates`` and ``demo``."""
+"""The ``agentfly-min`` command line: ``bench``, ``rollout``, ``run``, ``gateway``, ``templates`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -517,6 +517,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--fault-rate", type=float, default=0.2)
     d.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
     d.set_defaults(run=demo)
+
+    from .gateway.cli import add_command
+
+    add_command(commands, _prepare_environment, _device)
     return parser
 
 
