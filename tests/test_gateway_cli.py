@@ -24,7 +24,7 @@ def test_the_gateway_command_serves_and_writes_trajectories_on_ctrl_c(tiny_model
     out = tmp_path / "trajectories.jsonl"
     command = [sys.executable, "-m", "agentfly_min", "gateway", "--model", str(tiny_model_path), "--port", "0"]
     command += ["--out", str(out), "--work-dir", str(WORK / "gateway"), "--max-model-len", "1024"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process: subprocess.Popen[str] = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert process.stdout is not None
         url = ""
@@ -44,7 +44,7 @@ def test_the_gateway_command_serves_and_writes_trajectories_on_ctrl_c(tiny_model
         if process.poll() is None:
             process.kill()
             process.wait()
-    [line] = out.read_bytes().splitlines()
-    trajectory = msgspec.json.decode(line, type=Trajectory)
+    [written] = out.read_bytes().splitlines()
+    trajectory = msgspec.json.decode(written, type=Trajectory)
     assert trajectory.request_id == "episode-1" and trajectory.num_turns == 1 and trajectory.token_level
     assert trajectory.response_mask == (1,) * len(trajectory.response_ids) and 0 < len(trajectory.response_ids) <= 8

@@ -22,7 +22,7 @@ from agentfly_min.integrations.verl import agentfly_record
 from agentfly_min.local.verl_cluster import VerlCluster
 
 from ..conftest import WORK
-from .conftest import PROMPT_LENGTH, RESPONSE_LENGTH, Row, group_keys, legacy_batch, v1_batch, wait_for_groups
+from .conftest import PROMPT_LENGTH, RESPONSE_LENGTH, Row, group_keys, legacy_batch, tokenizer_of, v1_batch, wait_for_groups
 
 pytestmark = [pytest.mark.slow]
 
@@ -38,6 +38,14 @@ AGENT_LOOPS = """\
   reward: tests.verl.rewards.one_unless_failing
   max_turns: 1
   max_new_tokens: 16
+- name: external_sdk
+  _target_: agentfly_min.integrations.verl_gateway.GatewayAgentLoop
+  agent: tests.verl.agents.sdk_agent
+  reward: tests.verl.rewards.answer_over_100
+- name: external_rewriting
+  _target_: agentfly_min.integrations.verl_gateway.GatewayAgentLoop
+  agent: tests.verl.agents.rewriting_agent
+  reward: tests.verl.rewards.answer_over_100
 """
 LONG_PROMPT = " ".join(f"word{i}" for i in range(300))  # thousands of tokens, far over PROMPT_LENGTH
 
@@ -182,6 +190,43 @@ def test_v1_a_failed_session_leaves_its_group_and_grpo_sees_the_rest(v1: tuple[A
     assert bool((alone == 0).all())
 
 
+def test_v1_runs_an_external_agent_through_the_gateway_one_output_per_segment(served: VerlCluster, v1: tuple[Any, Any]) -> None:
+    """openai-SDK agents verl never imports, run by the gateway loop in
+    verl's workers: a tool-calling one (one output per session) and one that
+    rewrites its history (two token-exact outputs per session, keyed
+    ``{uid}_{session}_{index}`` by verl, the reward on both)."""
+    import transfer_queue as tq
+
+    manager, _ = v1
+    uids = ["gw-sdk", "gw-rewrite"]
+    manager.generate_sequences(v1_batch([("external_sdk", "2+2?", 4), ("external_rewriting", "3+3?", 6)], uids=uids))
+    assert wait_for_groups(uids) == dict.fromkeys(uids, "finished")
+    keys = group_keys(uids)
+    assert sorted(keys) == sorted([f"gw-sdk_{s}_0" for s in range(4)] + [f"gw-rewrite_{s}_{i}" for s in range(4) for i in range(2)])
+    data = tq.kv_batch_get(keys=keys, partition_id="train")
+    tq.kv_clear(keys=[*uids, *keys], partition_id="train")
+    for key, extra, prompts, responses, mask, logprobs, scores in zip(
+        keys,
+        data["extra_fields"],
+        data["prompts"].unbind(0),
+        data["responses"].unbind(0),
+        data["response_mask"].unbind(0),
+        data["rollout_log_probs"].unbind(0),
+        data["rm_scores"].unbind(0),
+        strict=True,
+    ):
+        uid, _, index = key.rsplit("_", 2)
+        record = agentfly_record(getattr(extra, "data", extra))
+        assert record is not None and record["failed"] is False, record
+        assert record["segments"] == (2 if uid == "gw-rewrite" else 1) and record["segment"] == int(index)
+        assert 0 < len(responses) == len(mask) == len(logprobs) <= RESPONSE_LENGTH
+        assert bool((logprobs[mask.bool()] < 0).any()) and bool((logprobs[~mask.bool()] == 0).all())
+        assert float(scores.sum()) == pytest.approx(0.04 if uid == "gw-sdk" else 0.06)
+        if uid == "gw-rewrite":  # each segment's prompt is a fresh render of its own first request
+            text = tokenizer_of(served).decode(prompts.tolist())
+            assert ("Earlier you said" in text) == (index == "1")
+
+
 # --- legacy: AgentLoopManager -----------------------------------------------
 
 
@@ -215,6 +260,25 @@ def test_legacy_mixed_batches_over_several_workers_under_reward_workers(served: 
     scores = out.batch["rm_scores"]
     for i in (0, 2, 7):
         assert float(scores[i].sum()) == pytest.approx(float(acc[i]))  # rm_scores carries the same reward
+
+
+def test_legacy_runs_an_external_agent_and_refuses_several_segments_as_a_failed_row(served: VerlCluster, legacy: Any) -> None:
+    """The legacy trainer through the gateway loop, beside our loop and
+    verl's: the tool-calling agent's row is token-exact and rewarded; the
+    one that rewrote its history is a failed row (one row per episode there)
+    that says to use v1, and trains nothing."""
+    rows: list[Row] = [("external_sdk", "2+2?", 4), ("agentfly_min", "2+2?", 4), ("external_rewriting", "3+3?", 6)]
+    out = legacy.generate_sequences(legacy_batch(rows))
+    records = _records(out)
+    lengths = _lengths(out)
+    sdk, _, rewriting = records
+    assert sdk is not None and sdk["failed"] is False and sdk["segments"] == 1
+    assert lengths[0] > 0 and float(out.batch["rm_scores"][0].sum()) == pytest.approx(0.04)
+    mask = out.batch["response_mask"][0, : lengths[0]]
+    logprobs = out.batch["rollout_log_probs"][0, : lengths[0]]
+    assert bool((logprobs[mask.bool()] < 0).all()) and bool((logprobs[~mask.bool()] == 0).all())
+    assert rewriting is not None and rewriting["failed"] is True and "v1 trainer" in rewriting["error"]
+    assert int(out.batch["response_mask"][2].sum()) == 0
 
 
 def test_legacy_an_overlong_prompt_is_capped_and_a_failed_row_trains_nothing(served: VerlCluster, legacy: Any) -> None:
