@@ -313,6 +313,7 @@ class Core:
             max_new_tokens=max_new,
             stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()),
             seed=body.seed,
+            ignore_eos=bool(body.ignore_eos),
             logprobs=self.config.logprobs,
             regex=regex if isinstance(regex, str) else None,
             response_format=body.response_format,

@@ -22,8 +22,9 @@ class _StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
 class ChatBody(msgspec.Struct, frozen=True, kw_only=True):
     """What the gateway reads of a chat-completions request. Fields it does
     not know (``store``, ``metadata``, ``parallel_tool_calls``...) are
-    ignored, as OpenAI-compatible servers do. ``structured_outputs`` and
-    ``guided_regex`` are vLLM's extensions (a regex the answer must match)."""
+    ignored, as OpenAI-compatible servers do. ``structured_outputs``, ``guided_regex``
+    (a regex the answer must match) and ``ignore_eos`` are vLLM's extensions,
+    taken as vLLM's server takes them."""
 
     messages: tuple[Message, ...]
     model: str = ""
@@ -46,6 +47,7 @@ class ChatBody(msgspec.Struct, frozen=True, kw_only=True):
     response_format: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
     guided_regex: str | None = None
+    ignore_eos: bool | None = None
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
