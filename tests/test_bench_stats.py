@@ -3,6 +3,7 @@ interval of the ratio, the verdict, and when it stops adding rounds."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from typing import Any
@@ -18,7 +19,6 @@ from agentfly_min.bench.stats import (
     _student_t_quantile,
     combine_stacks,
     describe,
-    expanded_tail,
     measure_pairs,
     ratio_interval,
     stack_ratios,
@@ -46,15 +46,6 @@ def test_the_interval_holds_the_true_ratio_and_shrinks_with_rounds() -> None:
 )
 def test_the_t_quantile_matches_the_tables(df: int, table: float) -> None:
     assert _student_t_quantile(0.975, df) == pytest.approx(table, abs=0.004)
-
-
-def test_the_expanded_tail_widens_few_rounds_and_fades_with_many() -> None:
-    tails = [expanded_tail(n, 0.95) for n in (2, 3, 5, 10, 20, 50, 1000)]
-    assert tails == sorted(tails)  # fewer rounds, further out in the tails
-    assert tails[2] < 0.005  # 5 rounds: read near the 0.1% and 99.9% draws, not 2.5% and 97.5%
-    assert tails[-1] == pytest.approx(0.025, abs=0.0005)
-    with pytest.raises(ConfigError, match="expanded_tail.rounds"):
-        expanded_tail(1, 0.95)
 
 
 def test_the_interval_over_five_rounds_holds_the_truth_about_as_often_as_it_says() -> None:
@@ -259,7 +250,12 @@ def test_starts_that_differ_widen_the_interval_to_hold_the_truth() -> None:
     assert held_starts / trials >= 0.85
 
 
-def test_starts_that_agree_cost_the_interval_little() -> None:
+def test_starts_that_agree_pay_for_their_few_degrees_of_freedom() -> None:
+    """Three starts are three units: however many rounds each ran, the
+    interval reads Student's t with 2 degrees of freedom (4.30 where the
+    rounds alone would read 2.01). That is the price of
+    saying what another start would show; a narrow interval needs more
+    starts, not more rounds."""
     rng = random.Random(12)
     widths = []
     for trial in range(40):
@@ -269,7 +265,10 @@ def test_starts_that_agree_cost_the_interval_little() -> None:
             [msgspec.structs.replace(s, stack=0) for s in ours], [msgspec.structs.replace(s, stack=0) for s in raw], resamples=500, seed=trial
         )
         widths.append((high - low) / (flat_high - flat_low))
-    assert 1.0 < sum(widths) / len(widths) < 1.8
+    # The same spread read with 2 degrees of freedom instead of the rounds'
+    # (three starts estimate it less well than 48 rounds: about 0.89 of it).
+    stretch = _student_t_quantile(0.975, 2) / _student_t_quantile(0.975, 46)
+    assert 0.7 * stretch < sum(widths) / len(widths) < 1.2 * stretch
 
 
 def _estimate(ours: list[Sample], raw: list[Sample], stopped: str = "narrow") -> RatioEstimate:
@@ -314,3 +313,46 @@ def test_an_order_with_one_round_does_not_make_the_interval_a_point() -> None:
     raw.append(Sample(work=100, seconds=1.0, first=True))
     point, low, high = ratio_interval(ours, raw)
     assert low < point < high
+
+
+def _coverage(rng: random.Random, *, starts: int, rounds: int, start_sd: float, trials: int) -> float:
+    """How often the bench's real path (``measure_pairs`` per start, its
+    blocks of two orders drawn as it draws them, a 2% cost for running
+    first; ``combine_stacks`` over the starts) holds the true ratio, 1.0,
+    when each start's own ratio is off by a factor drawn per start (sd
+    ``start_sd`` in the log) and a round's ratio has a 7% sd."""
+    held = 0
+    for trial in range(trials):
+        estimates = []
+        for stack in range(starts):
+            effect = math.exp(rng.gauss(0, start_sd))
+            calls = [0]
+
+            def timed(base: float, stack: int = stack) -> Sample:
+                calls[0] += 1
+                first = 1.02 if calls[0] % 2 == 1 else 1.0  # whichever side runs first in its round
+                return Sample(work=100, seconds=base * first * math.exp(rng.gauss(0, 0.05)), stack=stack)
+
+            clock = iter(range(10**9))
+            estimates.append(
+                measure_pairs(
+                    functools.partial(timed, 3.5 * effect), functools.partial(timed, 3.5),
+                    target=0.0, budget_seconds=1e9, min_rounds=rounds, max_rounds=rounds, warmup_rounds=0,
+                    seed=trial * 31 + stack, clock=lambda: float(next(clock)),
+                )  # fmt: skip
+            )
+        combined = combine_stacks(estimates, seed=trial)
+        held += combined.low <= 1.0 <= combined.high
+    return held / trials
+
+
+@pytest.mark.parametrize(("starts", "rounds", "start_sd", "trials"), [(3, 12, 0.08, 300), (4, 12, 0.08, 300), (1, 20, 0.0, 300)])
+def test_the_bench_path_holds_the_truth_95_times_in_100(starts: int, rounds: int, start_sd: float, trials: int) -> None:
+    """Through the estimator the bench uses, at settings its data shows.
+    Before the degrees of freedom were those of the starts (K - 1) and of
+    the orders (n/2 - 1 each), three starts of 12 rounds (the bench's
+    default starts) held it 88% of the time here, four 87 to 92%. Within
+    three standard errors of the simulation of 95%."""
+    coverage = _coverage(random.Random(starts * 1000 + rounds), starts=starts, rounds=rounds, start_sd=start_sd, trials=trials)
+    error = math.sqrt(0.95 * 0.05 / trials)
+    assert 0.95 - 3 * error <= coverage <= min(0.95 + 3 * error, 1.0), coverage
