@@ -66,7 +66,8 @@ def openai_token_raw_step(client: Any, model: str, session_header: str = "x-sess
             prompt=list(conversation.ids),
             max_tokens=new_tokens,
             temperature=1.0,
-            logprobs=0,
+            # No logprobs: ours asks for none in this workload, and the server
+            # must do the same work for both sides.
             extra_body={"ignore_eos": True, "return_token_ids": True},
             extra_headers={session_header: conversation.session},
         )
