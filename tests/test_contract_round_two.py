@@ -717,12 +717,12 @@ def test_local_health_checks_do_not_go_through_a_proxy(monkeypatch: pytest.Monke
 
 def test_azure_takes_its_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from agentfly_min import ClientConfig
-    from agentfly_min.transports.client import _make_client
+    from agentfly_min.transports._sdk import make_client
 
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-key-from-env")
     monkeypatch.setenv("OPENAI_API_KEY", "openai-key")
     config = ClientConfig(base_url="https://example.openai.azure.com", azure_api_version="2024-06-01", model="d")
-    assert _make_client(config, None).api_key == "azure-key-from-env"
+    assert make_client(config, None).api_key == "azure-key-from-env"
 
 
 async def test_a_huge_tool_output_without_a_budget_is_tokenised_off_the_event_loop() -> None:

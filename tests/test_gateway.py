@@ -20,7 +20,7 @@ import pytest
 from agentfly_min import Agent, Completion, Output, Request, Trajectory, Usage, run_agent, tool
 from agentfly_min.gateway import GatewayConfig, command_agent, open_gateway, rollout_external, run_external
 from agentfly_min.templates import get_template
-from agentfly_min.transports._chat import template_messages  # arguments as objects, as templates take them
+from agentfly_min.templates.chat import template_messages  # arguments as objects, as templates take them
 
 from .support import token_model
 

@@ -18,7 +18,7 @@ from agentfly_min import Agent, ClientConfig, ConfigError, Message, PermanentErr
 from agentfly_min.images import image_message, image_mime, image_part
 from agentfly_min.records import ImagePart, ImageURL, TextPart
 from agentfly_min.testing import FakeOpenAIServer
-from agentfly_min.transports._chat import prompt_ids
+from agentfly_min.templates.chat import prompt_ids
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ from agentfly_min.records import TextPart
 from agentfly_min.templates import MalformedToolCall, ParsedCall, parse_tool_calls
 from agentfly_min.templates.hermes import MAX_CALLS, MAX_DEPTH
 from agentfly_min.templates.qwen25 import render
-from agentfly_min.transports._chat import prompt_ids, template_messages
+from agentfly_min.templates.chat import prompt_ids, template_messages
 from agentfly_min.tools import calculator
 
 CALL = ToolCall(id="c1", function=FunctionCall(name="calculator", arguments='{"expression": "2+2"}'))

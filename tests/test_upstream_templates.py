@@ -20,7 +20,7 @@ from agentfly_min.templates import Template, get_template
 from agentfly_min.templates.qwen25 import CHAT_TEMPLATE as QWEN25
 from agentfly_min.templates.select import resolve_template, upstream_template
 from agentfly_min.tools import calculator
-from agentfly_min.transports._chat import template_messages
+from agentfly_min.templates.chat import template_messages
 
 from .conftest import CACHE
 

@@ -13,7 +13,7 @@ import msgspec
 
 from ..records import Message, Output, ToolSchema
 from ..templates import Template, Turn
-from ..transports._chat import IMAGES_NOT_YET
+from ..templates.chat import IMAGES_NOT_YET
 
 __all__ = ["Tokenizer", "TokenRecord", "cut_message", "finite_logprobs", "OFF_LOOP_CHARS", "LOGPROB_FLOOR"]
 

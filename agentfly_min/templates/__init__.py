@@ -3,17 +3,8 @@ how its sampled turns are read (see :mod:`agentfly_min.templates.base`)."""
 
 from typing import TypeAlias
 
-from .base import (
-    MalformedToolCall,
-    ParsedCall,
-    ParsedTurn,
-    Template,
-    Turn,
-    get_template,
-    register_template,
-    split_reasoning,
-    template_names,
-)
+from .base import MalformedToolCall, ParsedCall, ParsedTurn, Template, Turn, split_reasoning
+from .registry import get_template, register_template, template_names
 from .hermes import parse_tool_calls
 
 __all__ = [

@@ -8,8 +8,8 @@ reasoning, tool calls). The loop never re-renders history: a trajectory's
 response is the sampled ids with these splices between them, so it stays
 token-exact whatever a template would do to earlier turns.
 
-Templates are registered by name (:func:`register_template`); adding a
-family is one module that builds its record and registers it.
+Templates are registered by name (:mod:`.registry`); adding a family is
+one module that builds its record, listed in :mod:`.families`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from ..errors import ConfigError
 from ..records import Message, ToolSchema
-__all__ = ["Template", "Turn", "ParsedCall", "MalformedToolCall", "ParsedTurn", "register_template", "get_template", "template_names", "split_reasoning"]
+__all__ = ["Template", "Turn", "ParsedCall", "MalformedToolCall", "ParsedTurn", "split_reasoning"]
 
 
 class ParsedCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,35 +106,6 @@ class Template(msgspec.Struct, frozen=True, kw_only=True):
     decode: Callable[[Any, Sequence[int]], str] | None = None
     call_id: Callable[[int, int], str] = lambda turn, index: f"call_{turn}_{index}"
     with_options: Callable[[Mapping[str, Any]], Template] | None = None
-
-
-_REGISTRY: dict[str, Template] = {}
-
-
-def register_template(template: Template, *, replace: bool = False) -> Template:
-    """Make ``template`` available by its name (``Agent(template=name)``).
-    A name already taken is refused unless ``replace``."""
-    if template.name in _REGISTRY and not replace:
-        raise ConfigError("register_template", f"a template named {template.name!r} is registered already")
-    _REGISTRY[template.name] = template
-    return template
-
-
-def get_template(name: str) -> Template:
-    """The template registered as ``name``; a :class:`ConfigError` naming
-    the registered ones otherwise."""
-    from . import families  # noqa: F401 - registers the built-in ones
-
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError("template", f"no template named {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def template_names() -> list[str]:
-    from . import families  # noqa: F401 - registers the built-in ones
-
-    return sorted(_REGISTRY)
 
 
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"

@@ -1,8 +1,7 @@
-"""The built-in templates, registered on first use of the registry."""
+"""The built-in templates (the registry registers them)."""
 
 from __future__ import annotations
 
-from .base import register_template
 from .harmony import TEMPLATE as GPT_OSS
 from .hf import TEMPLATE as HF
 from .llama3 import TEMPLATE as LLAMA3
@@ -15,5 +14,3 @@ from .qwen25 import TEMPLATE as QWEN25
 __all__ = ["BUILT_IN"]
 
 BUILT_IN = (QWEN25, QWEN3, QWEN3_NO_THINKING, QWEN3_CODER, LLAMA3, MISTRAL, GPT_OSS, HF)
-for _template in BUILT_IN:
-    register_template(_template, replace=True)

@@ -26,6 +26,7 @@ from ..records import Message, ToolSchema
 from .base import ParsedTurn, Template, Turn, split_reasoning
 from .hermes import parse_tool_calls
 from .qwen25 import encode
+from .chat import template_messages
 
 __all__ = ["TEMPLATE", "TemplateError", "hf_template", "render_text"]
 
@@ -44,7 +45,6 @@ def render_text(
 ) -> str:
     """The conversation through the tokenizer's own chat template;
     ``options`` are the template's own variables (``enable_thinking``...)."""
-    from ..transports._chat import template_messages
 
     text = tokenizer.apply_chat_template(
         template_messages(messages),

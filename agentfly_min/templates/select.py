@@ -19,7 +19,8 @@ from importlib import resources
 from typing import Any
 
 from ..errors import ConfigError
-from .base import Template, get_template
+from .base import Template
+from .registry import get_template
 
 __all__ = ["recognise", "resolve_template", "upstream_template"]
 

@@ -29,7 +29,7 @@ from ..errors import ContextLengthError, GenerationTimeoutError, PermanentError,
 from ..local.server_id import HEADER as SERVER_HEADER
 from ..records import Completion, Generate, Request
 from ._bridge import AsyncioThread, on_asyncio
-from ._chat import refuse_images
+from ..templates.chat import refuse_images
 from ._openai_wire import (
     _api_key,
     _body,

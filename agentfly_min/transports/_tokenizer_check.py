@@ -17,7 +17,7 @@ import openai
 
 from ..configs import ClientConfig
 from ..errors import PermanentError, TokenizerMismatchError
-from .client import _make_client, map_openai_error
+from ._sdk import make_client, map_openai_error
 
 __all__ = ["PROBE", "check_tokenizer"]
 
@@ -45,7 +45,7 @@ async def check_tokenizer(config: ClientConfig, tokenizer: Any, *, model: str | 
     body: dict[str, Any] = {"prompt": text, "add_special_tokens": False}
     if model is not None:
         body["model"] = model
-    client = _make_client(config, None)
+    client = make_client(config, None)
     async with client:
         try:
             answer: Any = await client.post(_root(config.base_url) + "/tokenize", body=body, cast_to=object)

@@ -18,16 +18,16 @@ import msgspec
 import openai
 
 from ..configs import ClientConfig
-from ..errors import ConfigError, MalformedResponseError, PermanentError, TransientError, TransportError
+from ..errors import ConfigError, MalformedResponseError, PermanentError, TransientError
 from ..local.server_id import HEADER as SERVER_HEADER
-from ._chat import refuse_images
+from ..templates.chat import refuse_images
 from ._finish import finish_reason
+from ._sdk import make_client, map_openai_error
 from ._openai_wire import (
     _TRANSIENT_STATUS,
     _WireLogprobs,
     _WireTextLogprobs,
     _WireUsage,
-    _api_key,
     _body,
     _completion,
     _one_model,
@@ -35,7 +35,6 @@ from ._openai_wire import (
     _text_body,
     _text_completion,
     check_budget,
-    status_error,
     token_prompt_refused,
 )
 from ..middleware import compose, concurrency_limit, estimate_tokens, rate_limit, retry, timeout
@@ -52,27 +51,6 @@ __all__ = [
     "raw_client_stream",
     "map_openai_error",
 ]
-
-
-def map_openai_error(error: openai.OpenAIError) -> TransportError:
-    """Turn an SDK error into ours: 408, 409, 429, 5xx, timeouts and
-    connection failures are transient (with the status and any
-    ``Retry-After``); other statuses are permanent; an unreadable body is
-    malformed. A server's ``x-should-retry`` header overrides the status;
-    its ``x-request-id`` is kept on the error."""
-    if isinstance(error, openai.APIResponseValidationError):
-        return MalformedResponseError(
-            f"unreadable response: {error.message}", status=error.status_code, request_id=error.response.headers.get("x-request-id")
-        )
-    if isinstance(error, openai.APIStatusError):
-        return status_error(error.status_code, error.response.headers, error.message)
-    if isinstance(error, openai.APITimeoutError):
-        return TransientError("request timed out")
-    if isinstance(error, openai.APIConnectionError):
-        cause = error.__cause__
-        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
-        return TransientError(f"connection failed{detail}")
-    return TransportError(f"{type(error).__name__}: {error}")
 
 
 def raw_client_generate(client: openai.AsyncOpenAI, config: ClientConfig, model: str) -> Generate:
@@ -168,24 +146,6 @@ def _use_aiohttp(config: ClientConfig, http_client: Any) -> bool:
     return config.http_library == "auto" and config.azure_api_version is None and http_client is None
 
 
-def _make_client(config: ClientConfig, http_client: Any) -> openai.AsyncOpenAI:
-    options: dict[str, Any] = {
-        "api_key": _api_key(config),
-        "organization": config.organization,
-        "project": config.project,
-        "max_retries": 0,
-        "timeout": config.timeout,
-        "default_headers": config.default_headers,
-    }
-    if http_client is not None:
-        options["http_client"] = http_client
-    if config.azure_api_version is not None:
-        # The Azure client puts the deployment (our model) in the path and
-        # the API version in the query, and sends the key as ``api-key``.
-        return openai.AsyncAzureOpenAI(azure_endpoint=config.base_url, api_version=config.azure_api_version, **options)
-    return openai.AsyncOpenAI(base_url=config.base_url, **options)
-
-
 @asynccontextmanager
 async def open_client(
     config: ClientConfig,
@@ -228,7 +188,7 @@ async def open_client(
         async with open_aiohttp_generate(config, model or config.model) as (raw, _):
             yield stack(raw)
         return
-    client = _make_client(config, http_client)
+    client = make_client(config, http_client)
     async with client:
         name = model or config.model
         if name is None:
@@ -428,7 +388,7 @@ async def open_client_stream(
     """Open an ``openai.AsyncOpenAI`` client and yield a :data:`Stream` over
     it (wrapped in :func:`client_stream_middleware` unless ``middleware``
     replaces it); ``http_client`` as for :func:`open_client`."""
-    client = _make_client(config, http_client)
+    client = make_client(config, http_client)
     async with client:
         name = model or config.model
         if name is None:

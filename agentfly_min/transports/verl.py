@@ -27,7 +27,8 @@ from .._text import one_line
 from ..errors import ContextLengthError, PermanentError, TransientError, TransportClosedError
 from ..records import Completion, FinishReason, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread, on_asyncio
-from ._chat import prompt_ids, with_prompt
+from ..templates.chat import prompt_ids
+from ._chat import with_prompt
 from ._sampling import vllm_options
 
 __all__ = ["VerlServer", "VerlTokenOutput", "VerlTokenizer", "open_verl", "verl_generate"]

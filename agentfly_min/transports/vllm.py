@@ -42,7 +42,8 @@ from ..errors import (
 )
 from ..records import Completion, Generate, Middleware, Output, Request, Usage
 from ._bridge import AsyncioThread, on_asyncio
-from ._chat import prompt_ids, with_prompt
+from ..templates.chat import prompt_ids
+from ._chat import with_prompt
 from ._finish import finish_reason
 from ._sampling import vllm_options
 from ..stream import Chunk, Stream, StreamMiddleware
