@@ -2,7 +2,8 @@
 
 from .agent import Agent, Backend, RewardFn, Task
 from .events import EpisodeDone, Event, ReasoningDelta, TextDelta, ToolCallEvent, ToolResultEvent, TurnEnd
-from .loop import Progress, Tokenizer, rollout, rollout_stream, run_agent, stream_agent, task_id, task_messages
+from .loop import Tokenizer, run_agent, stream_agent, task_id, task_messages
+from .rollout import Progress, rollout, rollout_stream
 from .trajectory import EpisodeEnd, Trajectory
 
 __all__ = [
