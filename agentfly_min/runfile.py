@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Literal
 import msgspec
 
 from .agent import Agent, Backend, Trajectory, rollout_stream
+from .agent.agent import AgentLimits
 from .configs import AsyncVerlConfig, AsyncVLLMConfig, ClientConfig, read_secret
 from ._text import scrub_all
 from .errors import ConfigError, OutputBusyError
@@ -28,7 +29,7 @@ __all__ = ["AgentSpec", "RolloutSummary", "load_agent", "iter_tasks", "read_done
 _TABLE: dict[str, Literal["client", "vllm", "verl"]] = {"client": "client", "async_vllm": "vllm", "async_verl": "verl"}
 
 
-class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class AgentSpec(AgentLimits, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An agent as written in TOML. ``tools`` and ``reward`` are import paths
     (``package.module.name`` or ``package.module:name``); the transport's
     settings go in the table named after the backend: ``[client]``,
@@ -39,12 +40,6 @@ class AgentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     tools: list[str] = []
     reward: str | None = None
     template: TemplateName = "qwen2.5"
-    system_prompt: str | None = None
-    max_turns: int = 4
-    max_new_tokens: int | None = None
-    max_model_len: int | None = None
-    max_response_tokens: int | None = None
-    temperature: float | None = None
     client: ClientConfig | None = None
     vllm: AsyncVLLMConfig | None = None
     verl: AsyncVerlConfig | None = None
@@ -85,12 +80,7 @@ def load_agent(text: bytes | str) -> tuple[Agent[Any], AgentSpec]:
         template=spec.template,
         backend=spec.backend,
         backend_config=getattr(spec, wanted),
-        system_prompt=spec.system_prompt,
-        max_turns=spec.max_turns,
-        max_new_tokens=spec.max_new_tokens,
-        max_model_len=spec.max_model_len,
-        max_response_tokens=spec.max_response_tokens,
-        temperature=spec.temperature,
+        **{name: getattr(spec, name) for name in AgentLimits.__struct_fields__},
     )
     return agent, spec
 

@@ -446,3 +446,18 @@ def test_run_in_a_real_terminal(fake_server: FakeOpenAIServer, tmp_path: Path) -
         subprocess.run([tmux, "kill-session", "-t", session], check=False)
     assert done.read_text().strip() == "exit=0", screen
     assert "→ calculator(" in screen and "← 42" in screen and "[max_turns]" in screen, screen
+
+
+def test_every_agent_setting_is_a_toml_key_of_the_same_name_and_default() -> None:
+    """AgentSpec and Agent share their settings (AgentLimits): a TOML file can
+    set each, with Agent's default when it does not."""
+    from agentfly_min.agent.agent import AgentLimits
+    from agentfly_min.runfile import AgentSpec, load_agent
+
+    shared = set(AgentLimits.__struct_fields__)
+    assert {"max_turns", "max_prompt_tokens", "reward_timeout", "logprobs"} <= shared
+    assert shared <= set(AgentSpec.__struct_fields__)
+    agent, _ = load_agent('model = "m"\nmax_prompt_tokens = 300\nreward_timeout = 5.0\nlogprobs = false\n')
+    assert (agent.max_prompt_tokens, agent.reward_timeout, agent.logprobs) == (300, 5.0, False)
+    default, _ = load_agent('model = "m"\n')
+    assert all(getattr(default, name) == getattr(AgentLimits(), name) for name in shared)

@@ -16,7 +16,7 @@ from ..templates import Template, TemplateName, get_template
 from ..tools import Tool
 from .trajectory import Trajectory
 
-__all__ = ["Agent", "Backend", "RewardFn", "Task", "C"]
+__all__ = ["Agent", "AgentLimits", "Backend", "RewardFn", "Task", "C"]
 
 Backend: TypeAlias = Literal["async_vllm", "client", "async_verl"]
 Task: TypeAlias = Mapping[str, Any]
@@ -35,7 +35,23 @@ _CONFIG_FOR: dict[str, type[AsyncVLLMConfig | AsyncVerlConfig | ClientConfig]] =
 }
 
 
-class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
+class AgentLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """The settings an agent shares with its TOML form (``runfile.AgentSpec``),
+    written once: the fields of :class:`Agent` below its model, tools,
+    reward, template and backend, checked when the agent is built."""
+
+    system_prompt: str | None = None
+    max_turns: int = 4
+    max_new_tokens: int | None = None
+    max_model_len: int | None = None
+    max_response_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+    temperature: float | None = None
+    logprobs: bool = True
+    reward_timeout: float | None = 300.0
+
+
+class Agent(AgentLimits, Generic[C], frozen=True, kw_only=True):
     """An agent: model, tools, reward, template and the transport to use.
 
     Generic in its config type, so ``open_backend(agent.config, ...)``
@@ -70,15 +86,6 @@ class Agent(msgspec.Struct, Generic[C], frozen=True, kw_only=True):
     template: TemplateName | Template = "qwen2.5"
     backend: Backend = "client"
     backend_config: C | None = None
-    system_prompt: str | None = None
-    max_turns: int = 4
-    max_new_tokens: int | None = None
-    max_model_len: int | None = None
-    max_response_tokens: int | None = None
-    max_prompt_tokens: int | None = None
-    temperature: float | None = None
-    logprobs: bool = True
-    reward_timeout: float | None = 300.0
 
     def __post_init__(self) -> None:
         require("Agent.model_name_or_path", self.model_name_or_path, Annotated[str, Meta(min_length=1)])
