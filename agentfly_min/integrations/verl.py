@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import hydra.utils
 import numpy as np
@@ -98,6 +98,8 @@ __all__ = [
     "agentfly_record",
     "grpo_without_failed",
     "task_from_row",
+    "RolloutSettings",
+    "rollout_settings",
     "to_agent_loop_output",
 ]
 
@@ -318,6 +320,43 @@ def _abort_policy(config: Any, on_abort: str | None) -> Literal["resume", "retry
     return on_abort  # type: ignore[return-value]  # checked just above
 
 
+class RolloutSettings(NamedTuple):
+    """What an agent loop reads of verl's rollout config, once, when built."""
+
+    response_length: int
+    prompt_length: int
+    max_model_len: int | None
+    abort: AsyncVerlConfig
+    template: Template
+    reward_workers: bool
+    """verl's reward-loop workers score rows (no reward model, or one with its own resources)."""
+
+
+def rollout_settings(
+    loop: AgentLoopBase,
+    template: str | None,
+    template_options: Mapping[str, Any] | None,
+    on_abort: str | None,
+    max_aborts: int,
+    hf_model_type: str | None,
+) -> RolloutSettings:
+    """The lengths, context, abort policy, template and reward placement of
+    ``loop`` under verl's config (shared by our loops)."""
+    rollout = loop.rollout_config
+    context = rollout.get("max_model_len") or _context_of(str(loop.config.actor_rollout_ref.model.path))
+    max_model_len = int(context) if context else None
+    options = {**dict(loop.apply_chat_template_kwargs or {}), **dict(template_options or {})}
+    reward_model = loop.config.get("reward", {}).get("reward_model", {})
+    return RolloutSettings(
+        response_length=int(rollout.response_length),
+        prompt_length=int(rollout.prompt_length),
+        max_model_len=max_model_len,
+        abort=AsyncVerlConfig(on_abort=_abort_policy(loop.config, on_abort), max_aborts=max_aborts, max_model_len=max_model_len),
+        template=resolve_template(template, tokenizer=loop.tokenizer, model_type=hf_model_type, options=options),
+        reward_workers=not reward_model.get("enable", False) or bool(reward_model.get("enable_resource_pool", False)),
+    )
+
+
 @register("agentfly_min")
 class AgentflyAgentLoop(AgentLoopBase):
     """Runs an agentfly_min Agent as a verl agent loop.
@@ -381,19 +420,9 @@ class AgentflyAgentLoop(AgentLoopBase):
             raise ConfigError("AgentflyAgentLoop.on_failure", f"must be auto, drop or mask, not {on_failure!r}")
         self.on_failure: OnFailure = on_failure  # type: ignore[assignment]  # checked just above
         reward_fn: RewardFn | None = _load(reward, "reward") if reward else None
-        self.response_length = int(self.rollout_config.response_length)
-        self.prompt_length = int(self.rollout_config.prompt_length)
-        context = self.rollout_config.get("max_model_len") or _context_of(str(self.config.actor_rollout_ref.model.path))
-        self.max_model_len = int(context) if context else None
-        self.abort = AsyncVerlConfig(
-            on_abort=_abort_policy(self.config, on_abort), max_aborts=max_aborts, max_model_len=self.max_model_len
-        )
-        options = {**dict(self.apply_chat_template_kwargs or {}), **dict(template_options or {})}
-        self.template: Template = resolve_template(template, tokenizer=tokenizer, model_type=hf_model_type, options=options)
-        # verl's reward-loop workers score every row in the loop's worker
-        # when there is no reward model, or one with its own resources.
-        reward_model = self.config.get("reward", {}).get("reward_model", {})
-        self.reward_workers = not reward_model.get("enable", False) or bool(reward_model.get("enable_resource_pool", False))
+        settings = rollout_settings(self, template, template_options, on_abort, max_aborts, hf_model_type)
+        self.response_length, self.prompt_length, self.max_model_len = settings.response_length, settings.prompt_length, settings.max_model_len
+        self.abort, self.template, self.reward_workers = settings.abort, settings.template, settings.reward_workers
 
         def agent(logprobs: bool) -> Agent[Any]:
             return Agent(

@@ -33,23 +33,19 @@ import msgspec
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, DictConfigWrap
 
 from ..agent import RewardFn, Trajectory
-from ..configs import AsyncVerlConfig
 from ..errors import ConfigError
 from ..gateway import GatewayConfig, command_agent, open_gateway, run_external
 from ..gateway.external import ExternalAgent
-from ..templates import Template
-from ..templates.select import resolve_template
 from ..transports.verl import VerlTokenizer, open_verl
 from .verl import (
     _OURS,
     EpisodeFailed,
     OnFailure,
-    _abort_policy,
     _config_from,
-    _context_of,
     _load,
     _Recording,
     agentfly_record,
+    rollout_settings,
     task_from_row,
     to_agent_loop_output,
 )
@@ -102,15 +98,9 @@ class GatewayAgentLoop(AgentLoopBase):
         self.reward_fn: RewardFn | None = _load(reward, "reward") if reward else None
         self.on_failure: OnFailure = on_failure  # type: ignore[assignment]  # checked above
         self.timeout = timeout
-        self.response_length = int(self.rollout_config.response_length)
-        self.prompt_length = int(self.rollout_config.prompt_length)
-        context = self.rollout_config.get("max_model_len") or _context_of(str(self.config.actor_rollout_ref.model.path))
-        self.max_model_len = int(context) if context else None
-        self.abort = AsyncVerlConfig(on_abort=_abort_policy(self.config, on_abort), max_aborts=max_aborts, max_model_len=self.max_model_len)
-        options = {**dict(self.apply_chat_template_kwargs or {}), **dict(template_options or {})}
-        self.template: Template = resolve_template(template, tokenizer=tokenizer, model_type=hf_model_type, options=options)
-        reward_model = self.config.get("reward", {}).get("reward_model", {})
-        self.reward_workers = not reward_model.get("enable", False) or bool(reward_model.get("enable_resource_pool", False))
+        settings = rollout_settings(self, template, template_options, on_abort, max_aborts, hf_model_type)
+        self.response_length, self.prompt_length, self.max_model_len = settings.response_length, settings.prompt_length, settings.max_model_len
+        self.abort, self.template, self.reward_workers = settings.abort, settings.template, settings.reward_workers
         self.gateway = GatewayConfig(
             max_model_len=self.max_model_len,
             max_response_tokens=self.response_length,
