@@ -1,6 +1,7 @@
-"""The README's benchmark tables are what the committed reports render to:
-regenerated from ``docs/bench``, never typed in (or left behind when a
-report is re-run)."""
+"""The benchmark tables in the README and in ``docs/`` are what the
+committed reports render to: regenerated from ``docs/bench``, never typed in
+(or left behind when a report is re-run); and every page they link to
+exists."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from agentfly_min.bench.report import render_suites_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+PAGES = "\n".join([README, *(page.read_text() for page in sorted((ROOT / "docs").glob("*.md")))])
 BENCH = ROOT / "docs" / "bench"
 
 
@@ -33,11 +35,26 @@ _SUITES = [path for path, data in _FILES.items() if b'"machine_info"' in data]
 @pytest.mark.parametrize("path", _REPORTS, ids=lambda p: str(p.relative_to(BENCH)))
 def test_every_bench_report_is_in_the_readme_as_rendered(path: Path) -> None:
     report = msgspec.json.decode(path.read_bytes(), type=BenchReport)
-    assert render_markdown(report).strip() in README
+    assert render_markdown(report).strip() in PAGES
 
 
 @pytest.mark.parametrize("path", _SUITES, ids=lambda p: p.name)
 def test_every_suite_table_is_in_the_readme_as_rendered(path: Path) -> None:
     table = _rows(render_suites_markdown(path.read_bytes()))
     assert table.count("\n") >= 2  # a header, its rule and at least one row
-    assert table in README
+    assert table in PAGES
+
+
+def test_the_readme_is_a_front_door() -> None:
+    assert README.count("\n") <= 400
+
+
+def test_every_local_link_of_the_readme_and_docs_resolves() -> None:
+    import re
+
+    checked = 0
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which is not there"
+            checked += 1
+    assert checked > 20  # the pattern finds the links

@@ -4,7 +4,7 @@ vLLM's tool-call and reasoning parsers (``vllm.tool_parsers``,
 ``vllm.reasoning``) are the second oracle: code this project did not write,
 that serves these formats in production. Each case is read by both; where
 they disagree the case is in :data:`DISAGREEMENTS` with the reason, and that
-list is the README's table ("Parsers against vLLM's"). A new disagreement,
+list is docs/templates.md's table ("Parsers against vLLM's"). A new disagreement,
 or an old one that went away, fails the test.
 
 Compared: the calls (name and the arguments' JSON value; we keep the bytes
@@ -164,12 +164,12 @@ def test_our_parsers_agree_with_vllms_but_where_the_readme_says() -> None:
     assert set(found) | reasoning_disagreements() == set(DISAGREEMENTS), {k: v for k, v in found.items() if k not in DISAGREEMENTS}
 
 
-def test_the_readme_lists_every_disagreement() -> None:
+def test_the_docs_list_every_disagreement() -> None:
     from .conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "templates.md").read_text()
     for (fmt, case), reason in DISAGREEMENTS.items():
-        assert f"| {fmt} | {case} | {reason} |" in readme, (fmt, case)
+        assert f"| {fmt} | {case} | {reason} |" in page, (fmt, case)
 
 
 def reasoning_disagreements() -> set[tuple[str, str]]:

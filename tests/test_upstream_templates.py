@@ -187,7 +187,7 @@ def test_gpt_oss_prompts_say_what_the_upstream_template_says(shape: str) -> None
     object parameter without properties came out as `{\n    }` where the
     template writes `object`. The prompt is harmony's (openai-harmony, as
     vLLM serves gpt-oss); where harmony and the template still differ is
-    listed in the README (the developer message's "# Instructions"
+    listed in docs/templates.md (the developer message's "# Instructions"
     heading, the placement of defaults)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 

@@ -41,7 +41,7 @@ class VLLMServer:
     this keeps the two apart: unpinned, the client's event loop shares a
     core with vLLM's busy engine processes, and a burst of sends on fresh
     connections can leave it runnable but unscheduled for seconds (seen here
-    on two cores with a scheduler trace; see README, Benchmarks).
+    on two cores with a scheduler trace; see docs/bench.md).
     """
 
     def __init__(

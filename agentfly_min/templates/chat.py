@@ -21,7 +21,7 @@ __all__ = ["IMAGES_NOT_YET", "refuse_images", "template_messages", "prompt_ids"]
 
 # Why token-level paths refuse images: the prompt would need the model's
 # processor to expand each image into its placeholder tokens, which the CPU
-# stack this is tested on cannot load (README, "Images").
+# stack this is tested on cannot load (docs/transports.md, "Images").
 IMAGES_NOT_YET = (
     "images need the chat endpoint of an OpenAI-compatible server (ClientConfig with token_ids off); "
     "token-level prompts (the in-process vLLM and verl transports, token-id requests, a tokenizer in the "
