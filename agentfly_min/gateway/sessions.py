@@ -36,7 +36,7 @@ from ..agent._tokens import OFF_LOOP_CHARS, TokenRecord, Tokenizer
 from ..agent._turns import read_calls
 from ..agent.agent import RewardFn, Task
 from ..errors import AgentflyError, ConfigError, ContextLengthError, TransientError
-from ..records import Generate, Message, Request, ToolCall, ToolSchema, Usage
+from ..records import Completion, Generate, Message, Request, ToolCall, ToolSchema, Usage
 from ..templates import Template
 from .config import GatewayConfig
 from .wire import ChatBody, Reply, decode_body, error_reply, tool_choice
@@ -352,11 +352,11 @@ class Core:
                 return error_reply(status, f"the policy's transport failed: {session.last_error}", kind="server_error", code="transport_error")
             if session.ended:
                 return error_reply(410, f"session {session.id!r} ended while this request ran", kind="not_found_error", code="session_ended")
-            return self._record(plan, completion.outputs[0].token_ids is not None, completion, anyio.current_time() - started)
+            return self._record(plan, completion, anyio.current_time() - started)
         finally:
             self.release(plan)
 
-    def _record(self, plan: Plan, token_level: bool, completion: Any, seconds: float) -> Answer:
+    def _record(self, plan: Plan, completion: Completion, seconds: float) -> Answer:
         session = plan.session
         if plan.segment is not None:
             segment = plan.segment
@@ -388,9 +388,8 @@ class Core:
         episode.messages.append(Message(role="assistant", content=content, reasoning_content=parsed.reasoning, tool_calls=good))
         segment.finish = output.finish_reason
         segment.open_calls = good
-        usage = Usage(prompt_tokens=len(plan.request.prompt_ids or ()), completion_tokens=len(output.token_ids or ()))
-        if not token_level:
-            usage = completion.usage
+        # Token-level: the ids are the count; otherwise the transport's report.
+        usage = completion.usage if output.token_ids is None else Usage(prompt_tokens=len(plan.request.prompt_ids or ()), completion_tokens=len(output.token_ids))
         finish = "tool_calls" if good else ("length" if output.finish_reason == "length" else "stop")
         return Answer(content=content, reasoning=parsed.reasoning, calls=good, finish=finish, usage=usage)
 
