@@ -703,6 +703,32 @@ async def test_both_wire_paths_take_the_proxy_and_the_organization_from_the_envi
     assert lowered["openai-organization"] == "org-from-env" and lowered["openai-project"] == "proj-from-env"
 
 
+async def test_the_aiohttp_path_sends_requests_without_a_thread_hop(fake_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # aiohttp's trust_env read the proxy settings and .netrc on a worker
+    # thread for every request: two hops a request, which tripled the CPU a
+    # request cost at 256 in flight. The environment is read once now.
+    import concurrent.futures
+
+    from agentfly_min import ClientConfig, open_backend
+
+    fake_server.configure()
+    submitted: list[object] = []
+    submit = concurrent.futures.ThreadPoolExecutor.submit
+
+    def counting(self: concurrent.futures.ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        submitted.append(fn)
+        return submit(self, fn, *args, **kwargs)
+
+    config = ClientConfig(base_url=fake_server.base_url, model="fake-echo", http_library="aiohttp", max_new_tokens=4)
+    async with open_backend(config) as generate:
+        await generate(Request(messages=(Message(role="user", content="warm-up"),)))
+        monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", counting)
+        for i in range(20):
+            completion = await generate(Request(messages=(Message(role="user", content=f"q{i}"),)))
+            assert completion.outputs[0].text
+    assert submitted == []
+
+
 def test_local_health_checks_do_not_go_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     from agentfly_min.local.environment import local_urlopen
 
