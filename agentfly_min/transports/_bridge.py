@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import selectors
 import threading
 import typing
@@ -281,7 +282,12 @@ class AsyncioThread:
         # and the selector run there).
         self._replies: list[_Hop[Any]] = []
         self._loop = asyncio.SelectorEventLoop(_FlushingSelector(self._replies))
-        self._inbox = _Mailbox(self._loop.call_soon_threadsafe)
+        # Calls posted from a trio caller would otherwise run in a copy of
+        # the caller's context, where sniffio's variable says "trio": anyio
+        # code on this loop (the client's middleware) then took itself for
+        # trio. They run in this thread's own context instead.
+        context = contextvars.Context()
+        self._inbox = _Mailbox(lambda call: self._loop.call_soon_threadsafe(call, context=context))
         self._callers: weakref.WeakKeyDictionary[object, tuple[_Mailbox, _Outbox]] = weakref.WeakKeyDictionary()
         self._callers_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)

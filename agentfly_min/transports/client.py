@@ -180,14 +180,15 @@ async def open_client(
 
         await check_tokenizer(config, tokenizer, model=model or config.model)
     lean = _use_aiohttp(config, http_client)
-    # aiohttp holds each attempt to config.timeout itself (see _Wire)
-    stack = client_middleware(config, attempt_timeout=not lean) if middleware is None else middleware
     if lean:
         from ._aiohttp import open_aiohttp_generate
 
-        async with open_aiohttp_generate(config, model or config.model) as (raw, _):
-            yield stack(raw)
+        # aiohttp holds each attempt to config.timeout itself (see _Wire)
+        inner = (lambda: client_middleware(config, attempt_timeout=False)) if middleware is None else compose
+        async with open_aiohttp_generate(config, model or config.model, inner) as (generate, _):
+            yield generate if middleware is None else middleware(generate)
         return
+    stack = client_middleware(config) if middleware is None else middleware
     client = make_client(config, http_client)
     async with client:
         name = model or config.model
