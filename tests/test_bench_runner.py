@@ -13,7 +13,7 @@ import pytest
 
 from agentfly_min import ConfigError
 from agentfly_min.bench import BenchOptions, BenchReport, HostSteadiness, Workload, render_markdown
-from agentfly_min.bench import runner
+from agentfly_min.bench import runner, stacks
 from agentfly_min.bench.runner import split_rounds
 from agentfly_min.bench.stats import stack_ratios
 from agentfly_min.bench.workload import RunStats
@@ -38,7 +38,7 @@ def _options(tiny_model_path: Path, tmp_path: Path, **settings: Any) -> BenchOpt
 
 def _run(options: BenchOptions, monkeypatch: pytest.MonkeyPatch, starters: dict[str, Any]) -> tuple[BenchReport, dict[str, str]]:
     for name, starter in starters.items():
-        monkeypatch.setitem(runner._STARTERS, name, starter)
+        monkeypatch.setitem(stacks.STARTERS, name, starter)
     monkeypatch.setattr(runner, "probe_host", lambda: HostSteadiness(seconds=(0.1, 0.1, 0.1)))
     reports: list[BenchReport] = []
     failures: dict[str, str] = {}

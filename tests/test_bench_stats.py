@@ -12,11 +12,11 @@ import msgspec
 import pytest
 
 from agentfly_min import ConfigError
+from agentfly_min.bench.interval import _student_t_quantile
 from agentfly_min.bench.stats import (
     RatioEstimate,
     approximate_half_width,
     Sample,
-    _student_t_quantile,
     combine_stacks,
     describe,
     measure_pairs,

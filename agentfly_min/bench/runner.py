@@ -3,80 +3,25 @@ through ours and the raw counterpart at each concurrency, shut down."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
-import anyio
 import msgspec
-from msgspec import Meta
 
 from .._text import one_line
-from .._validation import check_fields
-from ..configs import AsyncVerlConfig, ClientConfig
 from ..errors import ConfigError
-from ..transports.client import open_client
-from ..transports.verl import open_verl
-from ..transports.vllm import VLLMEngine, vllm_generate
 from .host import HostSteadiness, probe_host
-from .raw import openai_raw_step, openai_token_raw_step, verl_raw_step, vllm_raw_step
 from .report import BenchReport, RunResult, TransportName, environment
 from .stats import RatioEstimate, Sample, combine_stacks, measure_pairs
-from .workload import RunStats, Workload, generate_step, run_workload
+from .workload import RunStats, Workload
+from .options import BenchOptions, split_rounds
+from .stacks import STARTERS, Runner
 
 __all__ = ["BenchOptions", "run_bench", "MemorySampler", "split_rounds"]
-
-
-class BenchOptions(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    random_weights: bool
-    transports: tuple[TransportName, ...]
-    workload: Workload
-    concurrency_levels: tuple[int, ...]
-    loop: Literal["asyncio", "trio"]
-    work_dir: str
-    target: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.05
-    budget_seconds: Annotated[float, Meta(gt=0.0)] = 120.0
-    # A bootstrap over two or three rounds is too narrow to trust.
-    min_rounds: Annotated[int, Meta(ge=2)] = 5
-    max_rounds: Annotated[int, Meta(ge=2)] = 50
-    device: Literal["cpu", "cuda"] = "cpu"
-    servers: int = 2
-    # Starts of each transport's stack; each runs every row for its share of
-    # the budget and rounds (see stats: rounds on one start share its state).
-    stacks: Annotated[int, Meta(ge=1)] = 1
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if self.min_rounds > self.max_rounds:
-            raise ConfigError("BenchOptions.min_rounds", f"{self.min_rounds} is more than max_rounds ({self.max_rounds})")
-        split_rounds(self.min_rounds, self.max_rounds, self.stacks)
-
-    def share(self) -> tuple[float, int, int]:
-        """One start's share of a row: (budget seconds, min rounds, max rounds)."""
-        return (self.budget_seconds / self.stacks, *split_rounds(self.min_rounds, self.max_rounds, self.stacks))
-
-
-def split_rounds(min_rounds: int, max_rounds: int, stacks: int) -> tuple[int, int]:
-    """Each start's least and most rounds when a row's are split among
-    ``stacks`` starts: at least two (an interval needs them), the least
-    rounded up and the most rounded down, so the row keeps within both; a
-    split that cannot is refused."""
-    least = max(2, -(-min_rounds // stacks))
-    most = max_rounds // stacks
-    if least > most:
-        raise ConfigError(
-            "BenchOptions.stacks",
-            f"{stacks} starts split a row's rounds: each needs at least {least}, but at most {max_rounds} "
-            f"rounds a row leave {most} each; allow {least * stacks} or start fewer stacks",
-        )
-    return least, most
 
 
 class MemorySampler:
@@ -115,105 +60,6 @@ class MemorySampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss())
-
-
-Runner = Callable[[Workload, Callable[[], None]], RunStats]
-
-
-@contextmanager
-def _vllm(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
-    from ..local import local_engine_config
-
-    engine = VLLMEngine.start(local_engine_config(options.device), options.model)
-    try:
-
-        def ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
-            step = generate_step(vllm_generate(engine), token_level=True)
-            if options.loop == "asyncio":
-                # What open_vllm gives an asyncio caller: the engine on the
-                # caller's own loop, calls straight to it (no hop).
-                return engine.run_blocking(run_workload(step, workload, tokenizer, on_chain=tick))
-            # trio: the engine on its own thread, every call across the bridge
-            return anyio.run(lambda: run_workload(step, workload, tokenizer, on_chain=tick), backend=options.loop)
-
-        def raw(workload: Workload, tick: Callable[[], None]) -> RunStats:
-            # On the engine's own loop: the engine used directly, no bridge.
-            return engine.run_blocking(run_workload(vllm_raw_step(engine), workload, tokenizer, on_chain=tick))
-
-        yield ours, raw
-    finally:
-        engine.close()
-
-
-@contextmanager
-def _client(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
-    import openai
-
-    from ..local import VLLMServer, pinned, split_cpus
-
-    # The client (ours and the SDK alike) on a CPU of its own: see split_cpus.
-    client_cpus, server_cpus = split_cpus()
-    work_dir = Path(options.work_dir)
-    with VLLMServer(options.model, work_dir=work_dir, max_model_len=1024, device=options.device, cpus=server_cpus) as server, pinned(client_cpus):
-        config = ClientConfig(base_url=server.base_url, model=server.model, timeout=300)
-
-        async def run_ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
-            async with open_client(config) as generate:
-                return await run_workload(generate_step(generate, token_level=False), workload, tokenizer, on_chain=tick)
-
-        async def run_raw(workload: Workload, tick: Callable[[], None]) -> RunStats:
-            async with openai.AsyncOpenAI(base_url=server.base_url, api_key="EMPTY", timeout=300) as client:
-                return await run_workload(openai_raw_step(client, server.model), workload, tokenizer, on_chain=tick)
-
-        yield (
-            lambda w, t: anyio.run(run_ours, w, t, backend=options.loop),
-            lambda w, t: asyncio.run(run_raw(w, t)),
-        )
-
-
-@contextmanager
-def _verl(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
-    from ..local.verl_cluster import VerlCluster
-
-    with VerlCluster(options.model, work_dir=Path(options.work_dir), device=options.device) as cluster:
-
-        async def run_ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
-            async with open_verl(AsyncVerlConfig(), cluster.client, tokenizer) as generate:
-                return await run_workload(generate_step(generate, token_level=True), workload, tokenizer, on_chain=tick)
-
-        yield (
-            lambda w, t: anyio.run(run_ours, w, t, backend=options.loop),
-            lambda w, t: asyncio.run(run_workload(verl_raw_step(cluster.client, tokenizer), w, tokenizer, on_chain=t)),
-        )
-
-
-@contextmanager
-def _fleet(options: BenchOptions, tokenizer: Any) -> Iterator[tuple[Runner, Runner]]:
-    """``options.servers`` vLLM servers behind vLLM's router (sticky on the
-    session header), driven token-in/token-out over HTTP: our client
-    transport against the SDK's bare ``completions.create``."""
-    import openai
-
-    from ..local.fleet import Fleet
-
-    with Fleet(options.model, work_dir=Path(options.work_dir), servers=options.servers, device=options.device) as fleet:
-        config = ClientConfig(base_url=fleet.base_url, model=fleet.model, timeout=300, token_ids=True)
-
-        async def run_ours(workload: Workload, tick: Callable[[], None]) -> RunStats:
-            async with open_client(config) as generate:
-                return await run_workload(generate_step(generate, token_level=True), workload, tokenizer, on_chain=tick)
-
-        async def run_raw(workload: Workload, tick: Callable[[], None]) -> RunStats:
-            async with openai.AsyncOpenAI(base_url=fleet.base_url, api_key="EMPTY", timeout=300) as client:
-                return await run_workload(openai_token_raw_step(client, fleet.model), workload, tokenizer, on_chain=tick)
-
-        yield (
-            lambda w, t: anyio.run(run_ours, w, t, backend=options.loop),
-            lambda w, t: asyncio.run(run_raw(w, t)),
-        )
-
-
-_STARTERS = {"vllm": _vllm, "client": _client, "verl": _verl, "fleet": _fleet}
 
 
 def _ms(seconds: float) -> float:
@@ -363,7 +209,7 @@ def run_bench(
             if name in failures:
                 continue
             try:
-                with _STARTERS[name](options, tokenizer) as (ours, raw):
+                with STARTERS[name](options, tokenizer) as (ours, raw):
                     for level in options.concurrency_levels:
                         if should_stop():
                             raise KeyboardInterrupt

@@ -63,32 +63,20 @@ score (``{"acc": reward}``).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import hydra.utils
-import numpy as np
-import torch
-from omegaconf import OmegaConf
-from verl.experimental.agent_loop.agent_loop import (
-    AgentLoopBase,
-    AgentLoopMetrics,
-    AgentLoopOutput,
-    DictConfigWrap,
-    _agent_loop_registry,
-    register,
-)
-from verl.trainer.ppo import core_algos
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, DictConfigWrap, _agent_loop_registry, register
 
 from .._text import one_line
-from ..agent import Agent, RewardFn, Trajectory, run_agent
+from ..agent import Agent, RewardFn, run_agent
 from ..configs import AsyncVerlConfig
 from ..errors import AgentflyError, ConfigError
 from ..records import Completion, Generate, Request
-from ..templates import Template
-from ..templates.select import resolve_template
 from ..tools import Tool
+from ._verl_rows import agentfly_record, grpo_without_failed, task_from_row, to_agent_loop_output
+from ._verl_settings import RolloutSettings, rollout_settings
 from ..transports.verl import VerlServer, VerlTokenizer, VerlTokenOutput, open_verl
 
 __all__ = [
@@ -108,166 +96,10 @@ OnFailure = Literal["auto", "drop", "mask"]
 # Keys of verl's sampling_params that AsyncVerlConfig carries itself.
 _OURS = frozenset({"temperature", "top_p", "top_k", "logprobs", "max_tokens", "max_new_tokens"})
 
-# What verl's vLLM server puts in every answer's extra_fields (and its client
-# adds), for a row whose episode failed before any call: its columns must
-# match the other rows'.
-_SERVER_KEYS = ("global_steps", "num_cached_tokens", "min_global_steps", "max_global_steps")
-
 
 class EpisodeFailed(AgentflyError, RuntimeError):
     """Raised by :meth:`AgentflyAgentLoop.run` for a failed episode when it
     is to be dropped (``on_failure``); the message is the one-line error."""
-
-
-def task_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A task from one verl dataset row: ``raw_prompt`` becomes the messages,
-    ``reward_model.ground_truth`` the ``answer``; ``extra_info`` fields and the
-    rest of the row are kept for the reward."""
-    task: dict[str, Any] = {k: v for k, v in row.items() if k != "raw_prompt"}
-    task["messages"] = [dict(m) for m in row["raw_prompt"]]
-    reward_model = row.get("reward_model")
-    if isinstance(reward_model, Mapping) and "ground_truth" in reward_model and "answer" not in task:
-        task["answer"] = reward_model["ground_truth"]
-    extra = row.get("extra_info")
-    if isinstance(extra, Mapping):
-        for key, value in extra.items():
-            task.setdefault(str(key), value)
-    if "index" in row:
-        task.setdefault("id", str(row["index"]))
-    return task
-
-
-def _failure(trajectory: Trajectory, logprobs: bool) -> str | None:
-    if trajectory.error is not None:
-        return trajectory.error
-    if trajectory.reward_error is not None:
-        return f"reward: {trajectory.reward_error}"
-    if trajectory.token_gap is not None:
-        return f"not token-exact: the transport returned turn {trajectory.token_gap} without its token ids"
-    if logprobs and trajectory.response_ids and trajectory.response_logprobs is None:
-        return "the transport returned no logprobs, though verl asked for them"
-    return None
-
-
-def to_agent_loop_output(
-    trajectory: Trajectory,
-    *,
-    response_length: int,
-    logprobs: bool,
-    owns_reward: bool = True,
-    server_fields: Mapping[str, Any] | None = None,
-    reward_extra_info: bool = False,
-) -> AgentLoopOutput:
-    """verl's record of a trajectory.
-
-    Response fields are cut to ``response_length`` as verl's own loops cut
-    them; ``response_logprobs`` is a list exactly when ``logprobs`` (verl's
-    ``calculate_log_probs``), since verl stacks the batch's logprobs and a
-    mix of lists and None breaks it. A failed trajectory (an error, a reward
-    that raised, logprobs missing) keeps its prompt and gets an empty
-    response, ``reward_score`` 0.0 if ``owns_reward`` (so the batch keeps
-    its ``rm_scores``) and our record says why (:func:`agentfly_record`).
-    ``num_turns`` counts as verl's tool agent counts: the prompt, the model
-    turns and the tool-result turns. ``server_fields`` are the last answer's
-    ``extra_fields`` (their keys are every verl row's columns);
-    ``reward_extra_info`` adds verl's reward-worker field for our reward.
-    """
-    error = _failure(trajectory, logprobs)
-    failed = error is not None
-    kept = 0 if failed else min(len(trajectory.response_ids), response_length)
-    response_ids = list(trajectory.response_ids[:kept])
-    response_logprobs: list[float] | None = None
-    if logprobs:
-        response_logprobs = list((trajectory.response_logprobs or ())[:kept])
-    reward = 0.0 if failed and owns_reward else trajectory.reward
-    token_versions = None if trajectory.response_versions is None else list(trajectory.response_versions[:kept])
-    # The versions of the tokens kept (sampled ones; -1 marks spliced ones),
-    # else the episode's range as the transport knew it.
-    sampled = [v for v in token_versions or () if v >= 0]
-    newest = max(sampled) if sampled else max(trajectory.weight_versions, default=None)
-    oldest = min(sampled) if sampled else trajectory.min_weight_version
-    fields: dict[str, Any] = {key: None for key in _SERVER_KEYS}
-    fields.update(server_fields or {})
-    fields.update(
-        turn_scores=[],
-        tool_rewards=[],
-        global_steps=newest,
-        min_global_steps=oldest,
-        max_global_steps=newest,
-        extras={
-            "agentfly": {
-                "failed": failed,
-                "error": one_line(error) if error is not None else None,
-                "finish_reason": trajectory.finish_reason,
-                "reward_error": trajectory.reward_error,
-                "tool_errors": trajectory.tool_errors,
-                "prompt_tokens_dropped": trajectory.prompt_tokens_dropped,
-                "token_versions": token_versions,
-                "response_tokens": len(trajectory.response_ids),
-            }
-        },
-    )
-    if reward_extra_info and reward is not None:
-        fields["reward_extra_info"] = {"acc": reward}
-    return AgentLoopOutput(
-        prompt_ids=list(trajectory.prompt_ids),
-        response_ids=response_ids,
-        response_mask=list(trajectory.response_mask[:kept]),
-        response_logprobs=response_logprobs,
-        reward_score=reward,
-        num_turns=1 + trajectory.num_turns + trajectory.tool_rounds,
-        metrics=AgentLoopMetrics(
-            generate_sequences=sum(trajectory.turn_seconds),
-            tool_calls=trajectory.tool_seconds,
-            compute_score=trajectory.reward_seconds,
-        ),
-        extra_fields=fields,
-    )
-
-
-def agentfly_record(extra: Any) -> dict[str, Any] | None:
-    """Our record from a row's ``extra_fields`` or its ``extras`` value
-    (None for a row of another loop)::
-
-        extras = batch.non_tensor_batch["extras"]   # the legacy trainer's batch
-        failed = np.array([bool((agentfly_record(e) or {}).get("failed")) for e in extras])
-    """
-    if isinstance(extra, Mapping) and "extras" in extra:
-        extra = extra["extras"]
-    record = extra.get("agentfly") if isinstance(extra, Mapping) else None
-    return dict(record) if isinstance(record, Mapping) else None
-
-
-@core_algos.register_adv_est("agentfly_grpo")
-def grpo_without_failed(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: np.ndarray[Any, Any],
-    epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """verl's GRPO (``compute_grpo_outcome_advantage``) over the rows that
-    have a sampled token, so a row that trains nothing (a failed episode kept
-    as a masked row, an aborted sample) does not enter its group's mean and
-    std; such rows get advantage 0. Registered with verl as
-    ``algorithm.adv_estimator=agentfly_grpo``."""
-    if config is not None and hasattr(config, "get"):
-        norm_adv_by_std_in_grpo = bool(config.get("norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo))
-    live = response_mask.sum(dim=-1) > 0
-    advantages = torch.zeros_like(token_level_rewards)
-    if bool(live.any()):
-        rows = torch.nonzero(live).squeeze(-1)
-        kept, _ = core_algos.compute_grpo_outcome_advantage(
-            token_level_rewards=token_level_rewards[rows],
-            response_mask=response_mask[rows],
-            index=np.asarray(index, dtype=object)[rows.numpy()],
-            epsilon=epsilon,
-            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
-        )
-        advantages[rows] = kept.to(advantages.dtype)
-    return advantages, advantages
 
 
 def _load(path: str, what: str) -> Any:
@@ -288,73 +120,6 @@ class _Recording:
         output = await self.inner.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
         self.fields = dict(output.extra_fields)
         return output
-
-
-@functools.cache
-def _context_of(model_path: str) -> int | None:
-    """The context verl's server gives a model when ``rollout.max_model_len``
-    is unset: its ``max_position_embeddings``, as verl reads it."""
-    from transformers import AutoConfig
-    from verl.workers.rollout.utils import get_max_position_embeddings
-
-    try:
-        return int(get_max_position_embeddings(AutoConfig.from_pretrained(model_path)))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-
-
-def _abort_policy(config: Any, on_abort: str | None) -> Literal["resume", "retry", "error"]:
-    """``on_abort`` as given, else from verl's ``async_training.partial_rollout``
-    (fully-async training): with partial rollouts off, verl drops a sample
-    that an abort interrupted, so its tokens are not resumed (``"error"``)."""
-    partial = OmegaConf.select(config, "async_training.partial_rollout", default=True)
-    if on_abort is None:
-        return "resume" if partial else "error"
-    if on_abort == "resume" and not partial:
-        raise ConfigError(
-            "AgentflyAgentLoop.on_abort",
-            "on_abort: resume continues samples across weight updates, which async_training.partial_rollout: false forbids",
-        )
-    if on_abort not in ("resume", "retry", "error"):
-        raise ConfigError("AgentflyAgentLoop.on_abort", f"must be resume, retry or error, not {on_abort!r}")
-    return on_abort  # type: ignore[return-value]  # checked just above
-
-
-class RolloutSettings(NamedTuple):
-    """What an agent loop reads of verl's rollout config, once, when built."""
-
-    response_length: int
-    prompt_length: int
-    max_model_len: int | None
-    abort: AsyncVerlConfig
-    template: Template
-    reward_workers: bool
-    """verl's reward-loop workers score rows (no reward model, or one with its own resources)."""
-
-
-def rollout_settings(
-    loop: AgentLoopBase,
-    template: str | None,
-    template_options: Mapping[str, Any] | None,
-    on_abort: str | None,
-    max_aborts: int,
-    hf_model_type: str | None,
-) -> RolloutSettings:
-    """The lengths, context, abort policy, template and reward placement of
-    ``loop`` under verl's config (shared by our loops)."""
-    rollout = loop.rollout_config
-    context = rollout.get("max_model_len") or _context_of(str(loop.config.actor_rollout_ref.model.path))
-    max_model_len = int(context) if context else None
-    options = {**dict(loop.apply_chat_template_kwargs or {}), **dict(template_options or {})}
-    reward_model = loop.config.get("reward", {}).get("reward_model", {})
-    return RolloutSettings(
-        response_length=int(rollout.response_length),
-        prompt_length=int(rollout.prompt_length),
-        max_model_len=max_model_len,
-        abort=AsyncVerlConfig(on_abort=_abort_policy(loop.config, on_abort), max_aborts=max_aborts, max_model_len=max_model_len),
-        template=resolve_template(template, tokenizer=loop.tokenizer, model_type=hf_model_type, options=options),
-        reward_workers=not reward_model.get("enable", False) or bool(reward_model.get("enable_resource_pool", False)),
-    )
 
 
 @register("agentfly_min")
