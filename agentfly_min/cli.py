@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -20,9 +18,6 @@ from .configs import ClientConfig
 from .errors import ConfigError, OutputBusyError, TransportError
 from .records import Completion, Message, Request
 from .transports import open_backend
-
-if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
 
 __all__ = ["main"]
 
@@ -46,75 +41,7 @@ def _prepare_environment(work_dir: Path, *, offline: bool) -> None:
     tempfile.tempdir = None
 
 
-# --- bench ---------------------------------------------------------------------
-
-
-def _levels(text: str) -> tuple[int, ...]:
-    try:
-        levels = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError("concurrency levels must be integers >= 1")
-    return levels
-
-
-def _transports(text: str) -> tuple[Any, ...]:
-    from .bench.report import TransportName
-
-    allowed = get_args(TransportName)
-    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"transports are {', '.join(allowed)}; got {text!r}")
-    return names
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (0.05 for +/-5%), got {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0.0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text}")
-    return value
-
-
-def _rounds(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"an interval needs two rounds or more, got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-# The tiny model the bench builds for a template when no --model is given.
-_TINY_FAMILY: dict[str, Literal["qwen2.5", "qwen3", "llama3"]] = {
-    "qwen2.5": "qwen2.5",
-    "hf": "qwen2.5",
-    "qwen3": "qwen3",
-    "qwen3-nothink": "qwen3",
-    "qwen3-coder": "qwen3",
-    "llama3": "llama3",
-}
-
-
-def _template_name(text: str) -> str:
-    from .templates import template_names
-
-    if text not in template_names():
-        raise argparse.ArgumentTypeError(f"no template named {text!r}; registered: {', '.join(template_names())}")
-    return text
+# --- templates -----------------------------------------------------------------
 
 
 def templates_command(args: argparse.Namespace) -> int:
@@ -129,20 +56,6 @@ def templates_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_a_model(path: Path) -> str | None:
-    """Why ``path`` is not a model folder the bench can load, or None."""
-    if not path.exists():
-        return "no such file or folder"
-    if not path.is_dir():
-        return "not a folder (give a Hugging Face model folder)"
-    missing = [name for name in ("config.json",) if not (path / name).is_file()]
-    if missing:
-        return f"not a Hugging Face model folder (no {', '.join(missing)})"
-    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        return "the model folder has no tokenizer (tokenizer.json / tokenizer_config.json)"
-    return None
-
-
 def _device(choice: str) -> Literal["cpu", "cuda"]:
     from .local import detect_device
 
@@ -150,134 +63,6 @@ def _device(choice: str) -> Literal["cpu", "cuda"]:
         return detect_device()
     return "cuda" if choice == "cuda" else "cpu"
 
-
-def _run_progress(bar: Progress) -> Callable[[str, int], Callable[[], None]]:
-    """The bench's ``progress(label, total)``: one line, reset for each run.
-
-    A line per run piled up (hundreds in a long bench), and every redraw
-    renders them all, on a thread of the process being measured: by the
-    last starts the display took a good share of the CPU the bench was
-    counting, on both sides, and held the GIL the transports wait for."""
-    current: list[TaskID] = []
-
-    def progress(label: str, total: int) -> Callable[[], None]:
-        if current:
-            bar.reset(current[0], total=total, description=label)
-        else:
-            current.append(bar.add_task(label, total=total))
-        task = current[0]
-        return lambda: bar.advance(task)
-
-    return progress
-
-
-def bench(args: argparse.Namespace) -> int:
-    """Run one agent workload through each transport and its raw counterpart."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .bench import BenchOptions, BenchReport, Workload, host_line, host_steady, render_chart, render_table, run_bench
-    from .bench.runner import split_rounds
-    from .testing import tiny_model
-
-    console = Console(stderr=True)
-    if args.min_rounds > args.max_rounds:  # before building anything
-        print(f"agentfly-min bench: --min-rounds {args.min_rounds} is more than --max-rounds {args.max_rounds}", file=sys.stderr)
-        return 2
-    try:
-        split_rounds(args.min_rounds, args.max_rounds, args.stacks)
-    except ConfigError as exc:
-        print(f"agentfly-min bench: --stacks {args.stacks}: {exc.reason}", file=sys.stderr)
-        return 2
-    if args.model is not None:
-        problem = _not_a_model(Path(args.model))
-        if problem:
-            print(f"agentfly-min bench: --model {args.model}: {problem}", file=sys.stderr)
-            return 2
-    work_dir = _work_dir(args)
-    _prepare_environment(work_dir, offline=True)  # the bench takes model folders only
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if args.model is None:
-        family = _TINY_FAMILY.get(args.template)
-        if family is None:
-            print(f"agentfly-min bench: --template {args.template} has no tiny model to build; give --model", file=sys.stderr)
-            return 2
-        console.print("[bold]No --model: building the tiny random model (random weights: this measures transports, not model quality).")
-        model, random_weights = str(tiny_model(work_dir / "models", family=family)), True
-    else:
-        model, random_weights = str(Path(args.model).resolve()), False
-    device = _device(args.device)
-    console.print(f"Device: {device}" + (" (no GPU found: CPU settings)" if device == "cpu" and args.device == "auto" else ""))
-    try:
-        options = BenchOptions(
-            model=model,
-            random_weights=random_weights,
-            transports=args.transports,
-            workload=Workload(tasks=args.tasks, chains=args.chains, turns=args.turns, new_tokens=args.new_tokens, template=args.template),
-            concurrency_levels=args.concurrency,
-            loop=args.backend_lib,
-            work_dir=str(work_dir),
-            target=args.target,
-            budget_seconds=args.budget,
-            min_rounds=args.min_rounds,
-            max_rounds=args.max_rounds,
-            device=device,
-            servers=args.servers,
-            stacks=args.stacks,
-        )
-    except ConfigError as exc:
-        print(f"agentfly-min bench: {exc}", file=sys.stderr)
-        return 2
-    latest: list[BenchReport] = []
-    failures: dict[str, str] = {}
-    interrupted = False
-    stop = threading.Event()
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            signal.default_int_handler(signum, frame)  # a second Ctrl-C stops at once
-        stop.set()
-        console.print("[yellow]Stopping after the current measurement (Ctrl-C again to stop now)...")
-
-    def keep(report: BenchReport) -> None:
-        latest.append(report)  # written as it grows, so even a killed run leaves its figures
-        (out / "bench.json").write_bytes(msgspec.json.format(msgspec.json.encode(report)))
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        # Redraws run on a thread of this process, the one being measured:
-        # two a second is plenty for a bar.
-        with Progress(*columns, console=console, refresh_per_second=2) as bar:
-            try:
-                run_bench(options, on_result=keep, progress=_run_progress(bar), failures=failures, should_stop=stop.is_set)
-            except KeyboardInterrupt:
-                interrupted = True
-            except ConfigError as exc:
-                console.print(f"[red]agentfly-min bench: {exc}")
-                return 2
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if not latest:
-        console.print("[red]Interrupted before anything was measured." if interrupted else "[red]Nothing was measured.")
-        return 130 if interrupted else 1
-    report = msgspec.structs.replace(latest[-1], interrupted=interrupted, failures=failures)
-    (out / "bench.json").write_bytes(msgspec.json.format(msgspec.json.encode(report)))
-    render_chart(report, out / "bench.png")
-    screen = Console(width=None if sys.stdout.isatty() else 200)  # a pipe or file: the whole table
-    weights = "random weights: this measures the transports, not model quality" if report.random_weights else "user model"
-    screen.print(f"Model: {report.model} ({weights})")
-    screen.print(render_table(report))
-    host = host_line(report)
-    if host is not None:
-        screen.print(host if host_steady(report) else f"[yellow]{host}")
-    for name, reason in failures.items():
-        console.print(f"[red]{name} did not run: {reason}")
-    if interrupted:
-        console.print("[yellow]Interrupted: the table and files hold what finished.")
-    console.print(f"Wrote {out / 'bench.json'} and {out / 'bench.png'}")
-    return 130 if interrupted else (1 if failures else 0)
 
 
 # --- rollout -------------------------------------------------------------------
@@ -452,47 +237,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="agentfly-min", description="Typed LLM agents over vLLM, verl and OpenAI-compatible transports."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    from .bench.cli import add_command as add_bench, positive
 
-    b = commands.add_parser("bench", help="the same agent workload through each transport and its raw counterpart")
-    b.add_argument("--model", help="a model folder (default: the tiny random model, built offline)")
-    b.add_argument(
-        "--transports", type=_transports, default=("vllm", "client", "verl"),
-        help="comma-separated: vllm,client,verl,fleet (fleet: --servers vLLM servers behind vLLM's router, token ids over HTTP)",
-    )  # fmt: skip
-    b.add_argument("--servers", type=_positive, default=2, help="vLLM servers in the fleet")
-    b.add_argument("--tasks", type=_positive, default=8)
-    b.add_argument("--chains", type=_positive, default=2, help="chains per task")
-    b.add_argument("--turns", type=_positive, default=3, help="model turns per episode")
-    b.add_argument("--new-tokens", type=_positive, default=32, help="tokens sampled per turn (ignore_eos)")
-    b.add_argument("--concurrency", type=_levels, default=(1, 4, 16), help="chains in flight, comma-separated levels")
-    b.add_argument("--template", type=_template_name, default="qwen2.5", help="the chat family whose prompts and splices the workload uses")
-    b.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
-    b.add_argument(
-        "--target", type=_fraction, default=0.05,
-        help="add rounds until the ratio's 95%% interval is within this fraction of it (0.05: +/-5%%)",
-    )  # fmt: skip
-    b.add_argument("--budget", type=_seconds, default=120.0, help="seconds of rounds per row at most (after its warm-up round)")
-    b.add_argument("--min-rounds", type=_rounds, default=5, help="counted rounds per row at least (ours and raw each; 2 or more)")
-    b.add_argument("--max-rounds", type=_rounds, default=50, help="counted rounds per row at most")
-    b.add_argument(
-        "--stacks", type=_positive, default=3,
-        help="start each transport's engine or server this many times; each start runs every row for its share of "
-        "--budget and the rounds, and the interval resamples starts as well as rounds (rounds on one start share its state)",
-    )  # fmt: skip
-    b.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
-    b.add_argument("--work-dir", default=".cache/bench", help="models, caches and temp files")
-    b.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto",
-        help="settings of the local engines: auto picks cuda where torch sees a GPU, else the CPU settings",
-    )  # fmt: skip
-    b.set_defaults(run=bench)
+    add_bench(commands, _prepare_environment, _device)
 
     r = commands.add_parser("rollout", help="run an agent from a TOML file over a JSONL task file")
     r.add_argument("--config", required=True, help="agent TOML")
     r.add_argument("--tasks", required=True, help="tasks, one JSON object per line")
     r.add_argument("--out", required=True, help="trajectories JSONL; appended to, and resumed from")
-    r.add_argument("--n", type=_positive, default=1, help="chains per task")
-    r.add_argument("--concurrency", type=_positive, default=32, help="chains in flight")
+    r.add_argument("--n", type=positive, default=1, help="chains per task")
+    r.add_argument("--concurrency", type=positive, default=32, help="chains in flight")
     r.add_argument("--backend-lib", choices=["asyncio", "trio"], default="asyncio")
     r.add_argument("--work-dir", default=".cache/rollout", help="caches and temp files for local engines")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="settings of a local verl stack (see bench)")

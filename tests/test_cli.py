@@ -212,11 +212,13 @@ def test_bench_refuses_rounds_that_cannot_be_met_before_building_anything(tmp_pa
     assert result.returncode == 2 and result.stderr.strip() == "agentfly-min bench: --min-rounds 5 is more than --max-rounds 2"
     result = cli("bench", "--target", "5", "--out", str(tmp_path / "out"), timeout=120)
     assert result.returncode == 2 and "expected a fraction between 0 and 1" in result.stderr
-    result = cli("bench", "--min-rounds", "2", "--max-rounds", "5", "--out", str(tmp_path / "out"), timeout=120)  # three starts by default
+    result = cli("bench", "--stacks", "3", "--min-rounds", "2", "--max-rounds", "5", "--out", str(tmp_path / "out"), timeout=120)
     assert result.returncode == 2 and result.stderr.strip() == (
         "agentfly-min bench: --stacks 3: 3 starts split a row's rounds: each needs at least 2, "
         "but at most 5 rounds a row leave 1 each; allow 6 or start fewer stacks"
     )
+    result = cli("bench", "--publication", "--min-rounds", "2", "--max-rounds", "5", "--out", str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().startswith("agentfly-min bench: --stacks 4: 4 starts split")
     assert not (tmp_path / "out").exists()
 
 
@@ -229,7 +231,7 @@ def test_bench_progress_keeps_one_line_however_many_runs() -> None:
     from rich.console import Console
     from rich.progress import Progress
 
-    from agentfly_min.cli import _run_progress
+    from agentfly_min.bench.cli import _run_progress
 
     bar = Progress(console=Console(file=io.StringIO()), auto_refresh=False)
     progress = _run_progress(bar)
@@ -461,3 +463,22 @@ def test_every_agent_setting_is_a_toml_key_of_the_same_name_and_default() -> Non
     assert (agent.max_prompt_tokens, agent.reward_timeout, agent.logprobs) == (300, 5.0, False)
     default, _ = load_agent('model = "m"\n')
     assert all(getattr(default, name) == getattr(AgentLimits(), name) for name in shared)
+
+
+def test_bench_defaults_are_the_quick_look_and_publication_the_tables_settings() -> None:
+    # The first run answers within ten minutes on two cores (one start, short
+    # rows); --publication is what docs/bench.md's tables were made with, and
+    # a flag given on the command line wins over either.
+    from agentfly_min.bench.cli import PUBLICATION, QUICK, _apply_preset
+    from agentfly_min.cli import _parser
+
+    def settings(*argv: str) -> dict[str, object]:
+        args = _parser().parse_args(["bench", *argv])
+        _apply_preset(args)
+        return {name: getattr(args, name) for name in QUICK}
+
+    assert settings() == QUICK == {"tasks": 8, "target": 0.05, "budget": 30.0, "min_rounds": 6, "max_rounds": 50, "stacks": 1}
+    assert settings("--publication") == PUBLICATION
+    assert PUBLICATION == {"tasks": 24, "target": 0.02, "budget": 200.0, "min_rounds": 8, "max_rounds": 80, "stacks": 4}
+    assert settings("--publication", "--stacks", "2", "--budget", "50") == {**PUBLICATION, "stacks": 2, "budget": 50.0}
+    assert settings("--tasks", "3") == {**QUICK, "tasks": 3}

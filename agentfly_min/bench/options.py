@@ -24,9 +24,10 @@ class BenchOptions(msgspec.Struct, frozen=True, kw_only=True):
     loop: Literal["asyncio", "trio"]
     work_dir: str
     target: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.05
-    budget_seconds: Annotated[float, Meta(gt=0.0)] = 120.0
-    # A bootstrap over two or three rounds is too narrow to trust.
-    min_rounds: Annotated[int, Meta(ge=2)] = 5
+    budget_seconds: Annotated[float, Meta(gt=0.0)] = 30.0
+    # A bootstrap over two or three rounds is too narrow to trust; with one
+    # start, six give each order three rounds (t with 4 degrees of freedom).
+    min_rounds: Annotated[int, Meta(ge=2)] = 6
     max_rounds: Annotated[int, Meta(ge=2)] = 50
     device: Literal["cpu", "cuda"] = "cpu"
     servers: int = 2
