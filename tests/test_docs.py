@@ -58,3 +58,21 @@ def test_every_local_link_of_the_readme_and_docs_resolves() -> None:
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which is not there"
             checked += 1
     assert checked > 20  # the pattern finds the links
+
+
+@pytest.mark.parametrize("path", _REPORTS + _SUITES, ids=lambda p: str(p.relative_to(BENCH)))
+def test_every_committed_interval_is_what_this_estimator_makes_of_its_samples(path: Path) -> None:
+    # The tables were once left with intervals of an estimator since fixed
+    # (too narrow): a change to the estimator now means recomputing them
+    # (python -m agentfly_min.bench --recompute F.json), as the run would.
+    from agentfly_min.bench.recompute import recompute_report, recompute_suites
+
+    data = path.read_bytes()
+    if path in _SUITES:
+        stored = msgspec.json.decode(data)
+        again = msgspec.json.decode(recompute_suites(data))
+        paired = [b for b in stored["benchmarks"] if "samples" in b["extra_info"]]
+        assert paired and again == stored
+    else:
+        report = msgspec.json.decode(data, type=BenchReport)
+        assert report.results and recompute_report(report) == report
