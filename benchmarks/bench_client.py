@@ -1,5 +1,5 @@
-"""The client transport against bare ``openai.AsyncOpenAI`` and against the
-server's own limit, on the same local server, in the same run.
+"""The client transport against three baselines and against the server's
+own limit, on the same local server, in the same run.
 
 Each ratio comes from paired rounds (ours and the other, in blocks of two rounds,
 one in each order) with a 95% bootstrap interval. A round sends ``count`` chat
@@ -8,12 +8,18 @@ request are kept per round.
 
 - ours vs bare SDK: our default stack (retry, concurrency limit, timeout)
   over the lean wire path (aiohttp and msgspec; on trio bridged to an
-  asyncio thread) against what a user writes by hand with the SDK;
+  asyncio thread) against what a user writes by hand with the SDK (over
+  its default HTTP stack, httpx): what a user gains;
+- ours vs the SDK over aiohttp (``DefaultAioHttpClient``): the gain that
+  is not the HTTP stack's;
+- ours vs the floor (bare aiohttp and msgspec, the same requests, the
+  answer decoded, no records, no middleware): what our code costs;
 - ours over the SDK wire path vs bare SDK: what our records and middleware
   cost on top of the SDK;
 - ours vs the server's limit: the server is not the bottleneck only if a
   bare aiohttp loop (no parsing, no records, no middleware) cannot go
-  faster than us; that loop's rate is the limit.
+  faster than us; that loop's rate is the limit;
+- ours on trio vs ours on asyncio, at the same load.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Literal
 
 import aiohttp
 import anyio
+import msgspec
 import openai
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
@@ -39,12 +46,14 @@ Loop = Literal["asyncio", "trio"]
 BODY = {"model": "fake-echo", "messages": [{"role": "user", "content": "q"}], "max_tokens": 16}
 
 
-async def bare_sdk(base_url: str, count: int, in_flight: int) -> int:
+async def bare_sdk(base_url: str, count: int, in_flight: int, *, over_aiohttp: bool = False) -> int:
     """The baseline: what a user writes by hand with the SDK, its own retries
-    on with the same budget as our default stack (5)."""
+    on with the same budget as our default stack (5); over its default
+    httpx, or over aiohttp (``DefaultAioHttpClient``, asyncio only)."""
     limit = anyio.Semaphore(in_flight)
     done = 0
-    async with openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=5) as client:
+    http_client = openai.DefaultAioHttpClient() if over_aiohttp else None
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=5, http_client=http_client) as client:
 
         async def one(i: int) -> None:
             nonlocal done
@@ -77,6 +86,44 @@ async def ours(base_url: str, count: int, in_flight: int, library: Literal["aioh
             except TransportError:
                 return
             done += bool(completion.outputs[0].text)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(count):
+                tg.start_soon(one, i)
+    return done
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+
+
+class _Answer(msgspec.Struct):
+    choices: list[_Choice]
+
+
+async def floor(base_url: str, count: int, in_flight: int) -> int:
+    """Bare aiohttp and msgspec: the same requests as ours (a body per
+    request, the answer's status checked and its text decoded), nothing
+    else: the least a client of this server can do per request."""
+    limit = anyio.Semaphore(in_flight)
+    done = 0
+    decode = msgspec.json.Decoder(_Answer).decode
+    encode = msgspec.json.encode
+    headers = {"Authorization": "Bearer bench", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(i: int) -> None:
+            nonlocal done
+            body = encode({"model": "fake-echo", "messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 16})
+            async with limit:
+                async with session.post(f"{base_url}/chat/completions", data=body, headers=headers) as response:
+                    payload = await response.read()
+            if response.status == 200:
+                done += decode(payload).choices[0].message.content is not None
 
         async with anyio.create_task_group() as tg:
             for i in range(count):
@@ -140,6 +187,43 @@ def test_ours_vs_bare_async_openai_64_in_flight(
     report_ratio(f"  ours {mine:,.0f} req/s at {mine_cpu:.2f} ms CPU/req; bare AsyncOpenAI {theirs:,.0f} req/s at {theirs_cpu:.2f} ms CPU/req")
 
 
+def test_ours_vs_the_sdk_over_aiohttp_64_in_flight(
+    benchmark: BenchmarkFixture, fake_server: FakeOpenAIServer, report_ratio: RatioReporter
+) -> None:
+    count, in_flight = 2000, 64
+    fake_server.configure(record_requests=False)
+    url = fake_server.base_url
+    estimate = paired(
+        benchmark,
+        report_ratio,
+        f"{count} requests, {in_flight} in flight, asyncio: ours (aiohttp) vs AsyncOpenAI over aiohttp (DefaultAioHttpClient)",
+        side(lambda: ours(url, count, in_flight, "aiohttp"), "asyncio", count),
+        side(lambda: bare_sdk(url, count, in_flight, over_aiohttp=True), "asyncio", count),
+    )
+    (mine, mine_cpu), (theirs, theirs_cpu) = per_request(estimate.ours), per_request(estimate.raw)
+    benchmark.extra_info.update(ours_rps=mine, ours_cpu_ms=mine_cpu, sdk_aiohttp_rps=theirs, sdk_aiohttp_cpu_ms=theirs_cpu)
+    report_ratio(f"  ours {mine:,.0f} req/s at {mine_cpu:.2f} ms CPU/req; AsyncOpenAI over aiohttp {theirs:,.0f} req/s at {theirs_cpu:.2f} ms CPU/req")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_ours_vs_the_floor_64_in_flight(
+    benchmark: BenchmarkFixture, fake_server: FakeOpenAIServer, report_ratio: RatioReporter, loop: Loop
+) -> None:
+    count, in_flight = 2000, 64
+    fake_server.configure(record_requests=False)
+    url = fake_server.base_url
+    estimate = paired(
+        benchmark,
+        report_ratio,
+        f"{count} requests, {in_flight} in flight, {loop}: ours (aiohttp) vs the floor (bare aiohttp + msgspec on asyncio)",
+        side(lambda: ours(url, count, in_flight, "aiohttp"), loop, count),
+        side(lambda: floor(url, count, in_flight), "asyncio", count),
+    )
+    (mine, mine_cpu), (theirs, theirs_cpu) = per_request(estimate.ours), per_request(estimate.raw)
+    benchmark.extra_info.update(ours_rps=mine, ours_cpu_ms=mine_cpu, floor_rps=theirs, floor_cpu_ms=theirs_cpu)
+    report_ratio(f"  ours {mine:,.0f} req/s at {mine_cpu:.2f} ms CPU/req; the floor {theirs:,.0f} req/s at {theirs_cpu:.2f} ms CPU/req")
+
+
 def test_ours_over_the_sdk_vs_bare_async_openai(benchmark: BenchmarkFixture, fake_server: FakeOpenAIServer, report_ratio: RatioReporter) -> None:
     count, in_flight = 1000, 64
     fake_server.configure(record_requests=False)
@@ -171,6 +255,22 @@ def test_ours_vs_the_servers_limit_256_in_flight_50ms(
     (mine, mine_cpu), (limit, _) = per_request(estimate.ours), per_request(estimate.raw)
     benchmark.extra_info.update(ours_rps=mine, ours_cpu_ms=mine_cpu, limit_rps=limit, ideal_rps=in_flight / 0.05)
     report_ratio(f"  ours {mine:,.0f} req/s ({mine_cpu:.2f} ms CPU/req); the server's limit {limit:,.0f} req/s (ideal {in_flight / 0.05:,.0f})")
+
+
+def test_trio_vs_asyncio_256_in_flight_50ms(benchmark: BenchmarkFixture, fake_server: FakeOpenAIServer, report_ratio: RatioReporter) -> None:
+    count, in_flight = 4000, 256
+    fake_server.configure(latency=0.05, record_requests=False)
+    url = fake_server.base_url
+    estimate = paired(
+        benchmark,
+        report_ratio,
+        f"{count} requests, {in_flight} in flight, 50 ms server latency: ours on trio vs ours on asyncio",
+        side(lambda: ours(url, count, in_flight, "aiohttp"), "trio", count),
+        side(lambda: ours(url, count, in_flight, "aiohttp"), "asyncio", count),
+    )
+    (trio_rps, trio_cpu), (asyncio_rps, asyncio_cpu) = per_request(estimate.ours), per_request(estimate.raw)
+    benchmark.extra_info.update(trio_rps=trio_rps, trio_cpu_ms=trio_cpu, asyncio_rps=asyncio_rps, asyncio_cpu_ms=asyncio_cpu)
+    report_ratio(f"  trio {trio_rps:,.0f} req/s ({trio_cpu:.2f} ms CPU/req); asyncio {asyncio_rps:,.0f} req/s ({asyncio_cpu:.2f} ms CPU/req)")
 
 
 def test_ours_vs_bare_async_openai_under_faults(benchmark: BenchmarkFixture, fake_server: FakeOpenAIServer, report_ratio: RatioReporter) -> None:

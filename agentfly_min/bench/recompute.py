@@ -1,6 +1,6 @@
-"""Every interval of a committed report, computed again from its stored
-samples with this version's estimator, drawing the same bootstrap seeds the
-run drew. A report the bench or a suite wrote recomputes to itself; one
+"""Every ratio and interval of a committed report, computed again from its
+stored samples with this version's estimator, drawing the same bootstrap
+seeds the run drew. A report the bench or a suite wrote recomputes to itself; one
 written before a change to the estimator does not, and ``python -m
 agentfly_min.bench --recompute F.json`` rewrites it (the samples, the
 ratios and everything measured stay as they were)."""
@@ -22,8 +22,8 @@ __all__ = ["recompute_report", "recompute_suites"]
 def _again(estimate: RatioEstimate, seed: int) -> RatioEstimate:
     if len(estimate.ours) < 2:
         return estimate
-    _, low, high = ratio_interval(estimate.ours, estimate.raw, confidence=estimate.confidence, seed=seed)
-    return msgspec.structs.replace(estimate, low=low, high=high, verdict=verdict(low, high))
+    ratio, low, high = ratio_interval(estimate.ours, estimate.raw, confidence=estimate.confidence, seed=seed)
+    return msgspec.structs.replace(estimate, ratio=ratio, low=low, high=high, verdict=verdict(low, high))
 
 
 def _row(result: RunResult) -> RunResult:
@@ -32,11 +32,13 @@ def _row(result: RunResult) -> RunResult:
     # start (see runner); several: combine_stacks, seeded 0.
     seed = zlib.crc32(f"{result.transport} {result.concurrency} {starts.pop()}".encode()) if len(starts) == 1 else 0
     estimate = _again(result.estimate, seed)
-    return msgspec.structs.replace(result, estimate=estimate, ratio_low=estimate.low, ratio_high=estimate.high, verdict=estimate.verdict)
+    return msgspec.structs.replace(
+        result, estimate=estimate, ratio_to_raw=estimate.ratio, ratio_low=estimate.low, ratio_high=estimate.high, verdict=estimate.verdict
+    )
 
 
 def recompute_report(report: BenchReport) -> BenchReport:
-    """``report`` with each row's interval and verdict from its samples."""
+    """``report`` with each row's ratio, interval and verdict from its samples."""
     return msgspec.structs.replace(report, results=[_row(result) for result in report.results])
 
 
@@ -50,5 +52,7 @@ def recompute_suites(data: bytes) -> bytes:
         if "samples" not in info:
             continue
         estimate = _again(msgspec.convert(info["samples"], RatioEstimate), seed=0)
-        info.update(ratio_low=estimate.low, ratio_high=estimate.high, verdict=estimate.verdict, samples=msgspec.to_builtins(estimate))
+        info.update(
+            ratio=estimate.ratio, ratio_low=estimate.low, ratio_high=estimate.high, verdict=estimate.verdict, samples=msgspec.to_builtins(estimate)
+        )
     return msgspec.json.format(msgspec.json.encode(run), indent=4)
