@@ -76,3 +76,18 @@ def test_every_committed_interval_is_what_this_estimator_makes_of_its_samples(pa
     else:
         report = msgspec.json.decode(data, type=BenchReport)
         assert report.results and recompute_report(report) == report
+
+
+def test_recompute_restores_an_interval_left_from_another_estimator() -> None:
+    from agentfly_min.bench.recompute import recompute_report, recompute_suites
+
+    report = msgspec.json.decode((BENCH / "bench.json").read_bytes(), type=BenchReport)
+    row = report.results[0]
+    stale = msgspec.structs.replace(row, ratio_low=row.ratio_to_raw * 0.99, ratio_high=row.ratio_to_raw * 1.01, verdict="slower")
+    tampered = msgspec.structs.replace(report, results=[stale, *report.results[1:]])
+    assert tampered != report and recompute_report(tampered) == report
+
+    data = (BENCH / "pytest-client.json").read_bytes()
+    suites = msgspec.json.decode(data)
+    suites["benchmarks"][0]["extra_info"].update(ratio_low=0.0, verdict="slower")
+    assert msgspec.json.decode(recompute_suites(msgspec.json.encode(suites))) == msgspec.json.decode(data)
