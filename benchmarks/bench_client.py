@@ -168,6 +168,24 @@ def per_request(samples: list[Sample]) -> tuple[float, float]:
     return work / sum(s.seconds for s in samples), 1000 * sum(s.cpu_seconds for s in samples) / work
 
 
+def compare(
+    benchmark: BenchmarkFixture,
+    report_ratio: RatioReporter,
+    label: str,
+    mine: Callable[[], Sample],
+    theirs: Callable[[], Sample],
+    other: tuple[str, str],
+) -> None:
+    """A paired measurement of ours against ``other`` (its JSON key and its
+    name), with each side's requests/s and CPU per request in the JSON and
+    the summary."""
+    estimate = paired(benchmark, report_ratio, label, mine, theirs)
+    (mine_rps, mine_cpu), (their_rps, their_cpu) = per_request(estimate.ours), per_request(estimate.raw)
+    key, name = other
+    benchmark.extra_info.update({"ours_rps": mine_rps, "ours_cpu_ms": mine_cpu, f"{key}_rps": their_rps, f"{key}_cpu_ms": their_cpu})
+    report_ratio(f"  ours {mine_rps:,.0f} req/s at {mine_cpu:.2f} ms CPU/req; {name} {their_rps:,.0f} req/s at {their_cpu:.2f} ms CPU/req")
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
 def test_ours_vs_bare_async_openai_64_in_flight(
     benchmark: BenchmarkFixture, fake_server: FakeOpenAIServer, report_ratio: RatioReporter, loop: Loop
@@ -175,16 +193,14 @@ def test_ours_vs_bare_async_openai_64_in_flight(
     count, in_flight = 2000, 64
     fake_server.configure(record_requests=False)
     url = fake_server.base_url
-    estimate = paired(
+    compare(
         benchmark,
         report_ratio,
         f"{count} requests, {in_flight} in flight, {loop}: ours (aiohttp) vs bare AsyncOpenAI",
         side(lambda: ours(url, count, in_flight, "aiohttp"), loop, count),
         side(lambda: bare_sdk(url, count, in_flight), loop, count),
+        ("bare", "bare AsyncOpenAI"),
     )
-    (mine, mine_cpu), (theirs, theirs_cpu) = per_request(estimate.ours), per_request(estimate.raw)
-    benchmark.extra_info.update(ours_rps=mine, ours_cpu_ms=mine_cpu, bare_rps=theirs, bare_cpu_ms=theirs_cpu)
-    report_ratio(f"  ours {mine:,.0f} req/s at {mine_cpu:.2f} ms CPU/req; bare AsyncOpenAI {theirs:,.0f} req/s at {theirs_cpu:.2f} ms CPU/req")
 
 
 def test_ours_vs_the_sdk_over_aiohttp_64_in_flight(
@@ -193,16 +209,14 @@ def test_ours_vs_the_sdk_over_aiohttp_64_in_flight(
     count, in_flight = 2000, 64
     fake_server.configure(record_requests=False)
     url = fake_server.base_url
-    estimate = paired(
+    compare(
         benchmark,
         report_ratio,
         f"{count} requests, {in_flight} in flight, asyncio: ours (aiohttp) vs AsyncOpenAI over aiohttp (DefaultAioHttpClient)",
         side(lambda: ours(url, count, in_flight, "aiohttp"), "asyncio", count),
         side(lambda: bare_sdk(url, count, in_flight, over_aiohttp=True), "asyncio", count),
+        ("sdk_aiohttp", "AsyncOpenAI over aiohttp"),
     )
-    (mine, mine_cpu), (theirs, theirs_cpu) = per_request(estimate.ours), per_request(estimate.raw)
-    benchmark.extra_info.update(ours_rps=mine, ours_cpu_ms=mine_cpu, sdk_aiohttp_rps=theirs, sdk_aiohttp_cpu_ms=theirs_cpu)
-    report_ratio(f"  ours {mine:,.0f} req/s at {mine_cpu:.2f} ms CPU/req; AsyncOpenAI over aiohttp {theirs:,.0f} req/s at {theirs_cpu:.2f} ms CPU/req")
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
@@ -212,16 +226,14 @@ def test_ours_vs_the_floor_64_in_flight(
     count, in_flight = 2000, 64
     fake_server.configure(record_requests=False)
     url = fake_server.base_url
-    estimate = paired(
+    compare(
         benchmark,
         report_ratio,
         f"{count} requests, {in_flight} in flight, {loop}: ours (aiohttp) vs the floor (bare aiohttp + msgspec on asyncio)",
         side(lambda: ours(url, count, in_flight, "aiohttp"), loop, count),
         side(lambda: floor(url, count, in_flight), "asyncio", count),
+        ("floor", "the floor"),
     )
-    (mine, mine_cpu), (theirs, theirs_cpu) = per_request(estimate.ours), per_request(estimate.raw)
-    benchmark.extra_info.update(ours_rps=mine, ours_cpu_ms=mine_cpu, floor_rps=theirs, floor_cpu_ms=theirs_cpu)
-    report_ratio(f"  ours {mine:,.0f} req/s at {mine_cpu:.2f} ms CPU/req; the floor {theirs:,.0f} req/s at {theirs_cpu:.2f} ms CPU/req")
 
 
 def test_ours_over_the_sdk_vs_bare_async_openai(benchmark: BenchmarkFixture, fake_server: FakeOpenAIServer, report_ratio: RatioReporter) -> None:
