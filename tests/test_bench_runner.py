@@ -72,7 +72,7 @@ def test_each_stack_is_started_in_turn_and_each_row_combines_its_starts(
     assert events == ["start vllm", "stop vllm", "start verl", "stop verl"] * 2  # round the transports, every start closed
     assert report.stacks == 2 and [(r.transport, r.concurrency) for r in report.results] == [("vllm", 1), ("vllm", 4), ("verl", 1), ("verl", 4)]
     budget, least, most = options.share()
-    assert (budget, least, most) == (60.0, 2, 4)
+    assert (budget, least, most) == (options.budget_seconds / 2, 2, 4) == (15.0, 2, 4)
     for row in report.results:
         starts = sorted({s.stack for s in row.estimate.ours})
         assert starts == [0, 1] and len(row.estimate.warmup_ours) == 2  # a warm-up round on each start
