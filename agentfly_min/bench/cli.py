@@ -16,16 +16,31 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import msgspec
 
 from ..errors import ConfigError
+from .options import BenchOptions
+from .workload import Workload
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 __all__ = ["add_command", "positive", "QUICK", "PUBLICATION"]
 
+
+def _default(struct: type[msgspec.Struct], name: str) -> Any:
+    return next(field.default for field in msgspec.structs.fields(struct) if field.name == name)
+
+
 # A setting's value when the command line leaves it out: the quick look
 # (one start of each stack: its interval holds the rounds' noise, not a
-# second start's) or the publication run (four starts, +/-2%).
-QUICK: dict[str, Any] = {"tasks": 8, "target": 0.05, "budget": 30.0, "min_rounds": 6, "max_rounds": 50, "stacks": 1}
+# second start's), which is what BenchOptions and Workload default to, or
+# the publication run (four starts, +/-2%).
+QUICK: dict[str, Any] = {
+    "tasks": _default(Workload, "tasks"),
+    "target": _default(BenchOptions, "target"),
+    "budget": _default(BenchOptions, "budget_seconds"),
+    "min_rounds": _default(BenchOptions, "min_rounds"),
+    "max_rounds": _default(BenchOptions, "max_rounds"),
+    "stacks": _default(BenchOptions, "stacks"),
+}
 PUBLICATION: dict[str, Any] = {"tasks": 24, "target": 0.02, "budget": 200.0, "min_rounds": 8, "max_rounds": 80, "stacks": 4}
 
 
@@ -144,7 +159,7 @@ def _bench(args: argparse.Namespace, prepare: Any, device_of: Any) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..testing import tiny_model
-    from . import BenchOptions, BenchReport, Workload, host_line, host_steady, render_chart, render_table, run_bench
+    from . import BenchReport, host_line, host_steady, render_chart, render_table, run_bench
     from .options import split_rounds
 
     console = Console(stderr=True)
