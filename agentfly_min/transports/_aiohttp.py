@@ -212,11 +212,7 @@ async def open_aiohttp_generate(
         wire = _Wire(config)
         try:
             name = model or _one_model(await wire.models())
-
-            async def generate(request: Request) -> Completion:
-                return await wire.generate(name, request)
-
-            yield stack()(generate), name
+            yield stack()(_bound(wire, name)), name
         finally:
             with anyio.CancelScope(shield=True):
                 await wire.close()
@@ -239,12 +235,18 @@ async def open_aiohttp_generate(
         thread.stop()
 
 
-async def _stacked(wire: _Wire, name: str, stack: Callable[[], Middleware]) -> Callable[[Request], Coroutine[Any, Any, Completion]]:
-    # made on the thread's loop: the stack's semaphore and clocks belong to it
+def _bound(wire: _Wire, name: str) -> Generate:
     async def generate(request: Request) -> Completion:
         return await wire.generate(name, request)
 
-    wrapped = stack()(generate)
+    return generate
+
+
+async def _stacked(wire: _Wire, name: str, stack: Callable[[], Middleware]) -> Callable[[Request], Coroutine[Any, Any, Completion]]:
+    # Made on the thread's loop: the stack's semaphore and clocks belong to
+    # it. The outer coroutine function is what the bridge runs (it takes a
+    # coroutine; a middleware is typed to return any awaitable).
+    wrapped = stack()(_bound(wire, name))
 
     async def stacked(request: Request) -> Completion:
         return await wrapped(request)
